@@ -1,0 +1,99 @@
+"""`rf-triton export`: a thin typer layer over :func:`export_model`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from . import sources
+from .errors import ExportError
+from .pipeline import DEFAULT_MODEL_NAME, DEFAULT_TOLERANCE, export_model
+from .triton_config import DEFAULTS, KINDS, ServingOptions
+
+app = typer.Typer()
+console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """One clear line on stderr, then exit: no traceback for a user's mistake."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@app.command("export")
+def export(
+    model: Annotated[Optional[Path], typer.Option(
+        help="Fitted RandomForestRegressor, or Pipeline ending in one, saved with joblib/pickle. "
+             "Loading a pickle runs code from it: only use files you trust.")] = None,
+    data: Annotated[Optional[Path], typer.Option(
+        help="CSV to train a forest on: the --target column is the label, every other (numeric) column a feature.")] = None,
+    target: Annotated[Optional[str], typer.Option(help="Label column of --data.")] = None,
+    n_estimators: Annotated[int, typer.Option(help="Trees, when training on --data.")] = sources.DEMO_N_ESTIMATORS,
+    max_depth: Annotated[Optional[int], typer.Option(help="Maximum tree depth, when training on --data.")] = sources.DEMO_MAX_DEPTH,
+    seed: Annotated[int, typer.Option(help="Random seed for training and the validation split.")] = sources.DEMO_SEED,
+    repository: Annotated[Path, typer.Option(help="Triton model repository to write into.")] = Path("model_repository"),
+    name: Annotated[str, typer.Option(help="Model name in the repository.")] = DEFAULT_MODEL_NAME,
+    version: Annotated[Optional[int], typer.Option(help="Version number; default: highest existing + 1.")] = None,
+    tolerance: Annotated[float, typer.Option(
+        help="Largest relative error allowed between sklearn and ONNX Runtime predictions.")] = DEFAULT_TOLERANCE,
+    max_batch_size: Annotated[Optional[int], typer.Option(
+        help=f"Triton max_batch_size [default: existing config, else {DEFAULTS.max_batch_size}].")] = None,
+    max_queue_delay_us: Annotated[Optional[int], typer.Option(
+        help=f"Dynamic batcher max queue delay in µs [default: existing, else {DEFAULTS.max_queue_delay_us}].")] = None,
+    preferred_batch_size: Annotated[Optional[list[int]], typer.Option(
+        help="Preferred batch size for the dynamic batcher; repeat for several. Usually best left unset.")] = None,
+    instances: Annotated[Optional[int], typer.Option(
+        help=f"Model instances [default: existing, else {DEFAULTS.instances}].")] = None,
+    kind: Annotated[Optional[str], typer.Option(
+        help=f"Instance kind: {'|'.join(KINDS)} [default: existing, else {DEFAULTS.kind}]. "
+             "ONNX Runtime evaluates tree ensembles on the CPU even in a GPU instance.")] = None,
+    version_policy: Annotated[Optional[str], typer.Option(
+        help=f"Versions Triton serves: latest[:N], all, specific:1,3 [default: existing, else {DEFAULTS.version_policy}].")] = None,
+    intra_op_threads: Annotated[Optional[int], typer.Option(
+        help=f"ONNX Runtime intra-op threads per instance, 0 = all cores [default: existing, else {DEFAULTS.intra_op_threads}].")] = None,
+    inter_op_threads: Annotated[Optional[int], typer.Option(
+        help=f"ONNX Runtime inter-op threads per instance [default: existing, else {DEFAULTS.inter_op_threads}].")] = None,
+) -> None:
+    """Export a random forest to ONNX and write it as a new version in a Triton model repository.
+
+    With no --model or --data, trains the demo model (50 trees, depth 10, 5 features, seed 0).
+    Predictions of the ONNX file are checked against sklearn before anything is written.
+    """
+    if model is not None and data is not None:
+        raise fail("give either --model or --data, not both")
+    if data is None and target is not None:
+        raise fail("--target goes with --data")
+    if data is not None and target is None:
+        raise fail("--data needs --target COLUMN")
+    options = ServingOptions(
+        max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
+        preferred_batch_sizes=tuple(preferred_batch_size) if preferred_batch_size else None,
+        instances=instances, kind=kind.lower() if kind else None, version_policy=version_policy,
+        intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads,
+    )
+    try:
+        with console.status("Preparing the model"):
+            if model is not None:
+                trained = sources.load_pickled(model)
+            elif data is not None:
+                trained = sources.train_from_csv(data, target, n_estimators, max_depth, seed)
+            else:
+                trained = sources.train_demo(seed)
+        console.print(f"model: {trained.source}, {trained.forest.n_estimators} trees, "
+                      f"{trained.n_features} features ({', '.join(trained.feature_names)})")
+        if trained.scores:
+            console.print("scores: " + ", ".join(f"{k} {v:.4f}" for k, v in trained.scores.items()))
+        result = export_model(trained, repository, name=name, version=version, options=options,
+                              tolerance=tolerance, console=console)
+    except ExportError as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted; nothing written", 130) from None
+    if kind and kind.lower() == "gpu":
+        console.print("[yellow]note:[/] ONNX Runtime computes tree ensembles on the CPU only; a KIND_GPU "
+                      "onnxruntime instance still evaluates the trees on the CPU.")
+    console.print(f"[green]wrote[/] {result.version_dir} and {result.config_path} in {result.seconds:.2f} s")
+    typer.echo(str(result.version_dir))

@@ -1,0 +1,5 @@
+"""The one exception the export step raises for bad input; the CLI turns it into one line + exit 1."""
+
+
+class ExportError(Exception):
+    """A problem with the user's input or model that stops an export before anything is written."""

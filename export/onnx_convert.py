@@ -1,0 +1,114 @@
+"""sklearn → ONNX with skl2onnx, and the parity check against ONNX Runtime on the exported bytes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .errors import ExportError
+
+INPUT_NAME = "X"
+OUTPUT_NAME = "variable"
+# Opsets that the stock container's ONNX Runtime (24.10 ships ORT 1.19) reads.
+TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
+
+
+@dataclass(frozen=True)
+class GraphSignature:
+    """What Triton needs to know about the graph: one FP32 input and one FP32 output."""
+
+    input_name: str
+    input_dims: list[int]  # batch dimension stripped
+    output_name: str
+    output_dims: list[int]
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    rows: int
+    max_abs_error: float
+    max_rel_error: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_rel_error <= self.tolerance
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def convert(estimator, n_features: int) -> bytes:
+    """Convert a fitted RandomForestRegressor (or Pipeline) to ONNX with a dynamic batch dimension."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    try:
+        onnx_model = convert_sklearn(
+            estimator,
+            initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
+            final_types=[(OUTPUT_NAME, FloatTensorType([None, 1]))],
+            target_opset=TARGET_OPSET,
+        )
+    except Exception as exc:  # skl2onnx raises RuntimeError/NotImplementedError/... for unsupported steps
+        raise ExportError(f"skl2onnx cannot convert this model: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    onnx_model.doc_string = "RandomForestRegressor exported by rf-triton"
+    return onnx_model.SerializeToString()
+
+
+def signature(onnx_bytes: bytes) -> GraphSignature:
+    """Read the input/output names and dims from an ONNX graph (batch dim stripped)."""
+    import onnx
+
+    graph = onnx.load_from_string(onnx_bytes).graph
+    inputs = [i for i in graph.input if i.name not in {init.name for init in graph.initializer}]
+    if len(inputs) != 1 or len(graph.output) != 1:
+        raise ExportError(f"expected one input and one output, the graph has {len(inputs)} and {len(graph.output)}")
+
+    def dims(value_info) -> list[int]:
+        tensor = value_info.type.tensor_type
+        if tensor.elem_type != onnx.TensorProto.FLOAT:
+            raise ExportError(f"{value_info.name} is not FP32")
+        shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
+        return shape[1:]
+
+    return GraphSignature(inputs[0].name, dims(inputs[0]), graph.output[0].name, dims(graph.output[0]))
+
+
+def ort_predict(onnx_bytes: bytes, X: np.ndarray, threads: int = 1) -> np.ndarray:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    (output,) = session.run(None, {session.get_inputs()[0].name: np.asarray(X, dtype=np.float32)})
+    return np.asarray(output).reshape(-1)
+
+
+def relative_errors(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """|actual - expected| / |expected|, with |expected| floored at 0.1% of the largest |expected|.
+
+    The floor keeps predictions that happen to sit near zero from turning a tiny float32 rounding
+    difference into a huge ratio.
+    """
+    expected = np.asarray(expected, dtype=np.float64).reshape(-1)
+    actual = np.asarray(actual, dtype=np.float64).reshape(-1)
+    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    floor = max(scale * 1e-3, np.finfo(np.float32).tiny)
+    return np.abs(actual - expected) / np.maximum(np.abs(expected), floor)
+
+
+def check_parity(estimator, onnx_bytes: bytes, X: np.ndarray, tolerance: float) -> ParityReport:
+    """Predict X with sklearn and with ONNX Runtime on the exported bytes; compare."""
+    X32 = np.asarray(X, dtype=np.float32)
+    expected = np.asarray(estimator.predict(X32), dtype=np.float64).reshape(-1)
+    actual = ort_predict(onnx_bytes, X32)
+    if actual.shape != expected.shape:
+        raise ExportError(f"ONNX output has shape {actual.shape}, sklearn gives {expected.shape}")
+    return ParityReport(
+        rows=int(expected.size),
+        max_abs_error=float(np.max(np.abs(actual - expected))),
+        max_rel_error=float(np.max(relative_errors(expected, actual))),
+        tolerance=tolerance,
+    )

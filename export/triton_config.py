@@ -1,0 +1,190 @@
+"""config.pbtxt for the stock container's onnxruntime backend, built through Triton's protobuf.
+
+Options left as ``None`` keep what an existing config.pbtxt says (so a tuned config survives a
+re-export) and fall back to :data:`DEFAULTS` for a new model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from .errors import ExportError
+from .onnx_convert import GraphSignature
+
+CONFIG_FILENAME = "config.pbtxt"
+ONNX_FILENAME = "model.onnx"
+FEATURE_NAMES_PARAMETER = "feature_names"
+KINDS = {
+    "cpu": mc.ModelInstanceGroup.KIND_CPU,
+    "gpu": mc.ModelInstanceGroup.KIND_GPU,
+    "auto": mc.ModelInstanceGroup.KIND_AUTO,
+}
+WARMUP_ROWS = 64
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """How Triton should serve the model; ``None`` means keep the existing value or the default."""
+
+    max_batch_size: int | None = None
+    max_queue_delay_us: int | None = None
+    preferred_batch_sizes: tuple[int, ...] | None = None
+    instances: int | None = None
+    kind: str | None = None
+    version_policy: str | None = None
+    intra_op_threads: int | None = None
+    inter_op_threads: int | None = None
+
+    def with_defaults(self, defaults: "ServingOptions") -> "ServingOptions":
+        return replace(self, **{f.name: getattr(defaults, f.name) for f in fields(self)
+                                if getattr(self, f.name) is None})
+
+
+# Two single-threaded instances suit a 2-core host; the dynamic batcher waits at most 100 µs.
+DEFAULTS = ServingOptions(
+    max_batch_size=1024, max_queue_delay_us=100, preferred_batch_sizes=(), instances=2, kind="cpu",
+    version_policy="latest:1", intra_op_threads=1, inter_op_threads=1,
+)
+
+
+def validate(options: ServingOptions) -> None:
+    """Refuse impossible values with a message naming the option."""
+    o = options
+    checks = [
+        (o.max_batch_size is not None and o.max_batch_size < 1, "--max-batch-size must be at least 1"),
+        (o.max_queue_delay_us is not None and o.max_queue_delay_us < 0, "--max-queue-delay-us must be >= 0"),
+        (o.instances is not None and o.instances < 1, "--instances must be at least 1"),
+        (o.kind is not None and o.kind not in KINDS, f"--kind must be one of {', '.join(KINDS)}"),
+        (o.intra_op_threads is not None and o.intra_op_threads < 0, "--intra-op-threads must be >= 0"),
+        (o.inter_op_threads is not None and o.inter_op_threads < 0, "--inter-op-threads must be >= 0"),
+    ]
+    for failed, message in checks:
+        if failed:
+            raise ExportError(message)
+    if o.preferred_batch_sizes:
+        if any(size < 1 for size in o.preferred_batch_sizes):
+            raise ExportError("--preferred-batch-size values must be at least 1")
+        if o.max_batch_size is not None and max(o.preferred_batch_sizes) > o.max_batch_size:
+            raise ExportError(f"--preferred-batch-size {max(o.preferred_batch_sizes)} exceeds "
+                              f"--max-batch-size {o.max_batch_size}")
+    if o.version_policy is not None:
+        parse_version_policy(o.version_policy)
+
+
+def parse_version_policy(text: str) -> mc.ModelVersionPolicy:
+    """``latest[:N]``, ``all`` or ``specific:1,3`` → Triton's ModelVersionPolicy."""
+    kind, _, arg = text.strip().partition(":")
+    policy = mc.ModelVersionPolicy()
+    try:
+        if kind == "latest":
+            count = int(arg) if arg else 1
+            if count < 1:
+                raise ValueError
+            policy.latest.num_versions = count
+        elif kind == "all" and not arg:
+            policy.all.SetInParent()
+        elif kind == "specific" and arg:
+            versions = [int(v) for v in arg.split(",")]
+            if any(v < 1 for v in versions):
+                raise ValueError
+            policy.specific.versions.extend(versions)
+        else:
+            raise ValueError
+    except ValueError:
+        raise ExportError(f"invalid version policy {text!r}: use latest[:N], all, or specific:V1,V2") from None
+    return policy
+
+
+def build_config(name: str, graph: GraphSignature, options: ServingOptions,
+                 metadata: dict[str, str], existing: mc.ModelConfig | None = None) -> mc.ModelConfig:
+    """The onnxruntime-backend config for `graph`, updating `existing` in place of starting over."""
+    validate(options)
+    config = mc.ModelConfig()
+    if existing is not None:
+        config.CopyFrom(existing)
+    config.name = name
+    config.ClearField("platform")
+    config.backend = "onnxruntime"
+    config.default_model_filename = ONNX_FILENAME
+
+    def pick(field: str):
+        return getattr(options, field) if getattr(options, field) is not None else getattr(DEFAULTS, field)
+
+    if options.max_batch_size is not None or config.max_batch_size == 0:
+        config.max_batch_size = pick("max_batch_size")
+    if options.preferred_batch_sizes and max(options.preferred_batch_sizes) > config.max_batch_size:
+        raise ExportError(f"--preferred-batch-size {max(options.preferred_batch_sizes)} exceeds "
+                          f"max_batch_size {config.max_batch_size}")
+
+    del config.input[:]
+    config.input.add(name=graph.input_name, data_type=mc.TYPE_FP32, dims=graph.input_dims)
+    del config.output[:]
+    config.output.add(name=graph.output_name, data_type=mc.TYPE_FP32, dims=graph.output_dims)
+
+    batching = config.dynamic_batching
+    if options.max_queue_delay_us is not None or not config.HasField("dynamic_batching"):
+        batching.max_queue_delay_microseconds = pick("max_queue_delay_us")
+    if options.preferred_batch_sizes is not None:
+        del batching.preferred_batch_size[:]
+        batching.preferred_batch_size.extend(options.preferred_batch_sizes)
+
+    if options.instances is not None or options.kind is not None or not config.instance_group:
+        previous = config.instance_group[0] if config.instance_group else None
+        count = options.instances or (previous.count if previous and previous.count else DEFAULTS.instances)
+        kind = KINDS[options.kind] if options.kind else (previous.kind if previous else KINDS[DEFAULTS.kind])
+        del config.instance_group[:]
+        config.instance_group.add(count=count, kind=kind)
+
+    if options.version_policy is not None or not config.HasField("version_policy"):
+        config.version_policy.CopyFrom(parse_version_policy(pick("version_policy")))
+
+    thread_parameters = {"intra_op_thread_count": "intra_op_threads", "inter_op_thread_count": "inter_op_threads"}
+    for parameter, field in thread_parameters.items():
+        if getattr(options, field) is not None or parameter not in config.parameters:
+            config.parameters[parameter].string_value = str(pick(field))
+    for key, value in metadata.items():
+        config.parameters[key].string_value = value
+
+    del config.model_warmup[:]
+    warmup = config.model_warmup.add(name="zero_rows", batch_size=min(WARMUP_ROWS, config.max_batch_size), count=1)
+    warmup.inputs[graph.input_name].data_type = mc.TYPE_FP32
+    warmup.inputs[graph.input_name].dims.extend(graph.input_dims)
+    warmup.inputs[graph.input_name].zero_data = True
+    return config
+
+
+def feature_names(config: mc.ModelConfig) -> list[str] | None:
+    if FEATURE_NAMES_PARAMETER not in config.parameters:
+        return None
+    return json.loads(config.parameters[FEATURE_NAMES_PARAMETER].string_value)
+
+
+def to_text(config: mc.ModelConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def read_config(path: Path) -> mc.ModelConfig:
+    try:
+        return text_format.Parse(path.read_text(), mc.ModelConfig())
+    except (text_format.ParseError, UnicodeDecodeError) as exc:
+        raise ExportError(f"{path} is not a valid Triton model config: {exc}") from exc
+
+
+def write_config(path: Path, config: mc.ModelConfig) -> None:
+    """Write atomically: a reader sees the old file or the new one, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(to_text(config))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

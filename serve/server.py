@@ -1,0 +1,212 @@
+"""Start and stop the real tritonserver from the nvidia-pytriton wheel on a model repository.
+
+One class serves the CLI, the demo, the tests, the load tests and the benchmarks: it derives the
+runtime repository, starts tritonserver in its own session with a parent-death signal, polls
+readiness against a deadline (watching that the process is still alive), and stops it with
+SIGINT → wait → SIGKILL of the whole process group (the Python-backend stubs included).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import runtime_repository, triton_binary
+
+PR_SET_PDEATHSIG = 1
+
+
+class ServerStartError(RuntimeError):
+    """tritonserver exited or did not become ready; the message carries its last log lines."""
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    host: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+
+    @property
+    def http(self) -> str:
+        return f"{self._client_host}:{self.http_port}"
+
+    @property
+    def grpc(self) -> str:
+        return f"{self._client_host}:{self.grpc_port}"
+
+    @property
+    def metrics(self) -> str:
+        return f"http://{self._client_host}:{self.metrics_port}/metrics"
+
+    @property
+    def _client_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class EmbeddedTriton:
+    """The real Triton Inference Server serving `repository` on this machine."""
+
+    def __init__(self, repository: Path | str, *, host: str = "127.0.0.1", http_port: int = 8000,
+                 grpc_port: int = 8001, metrics_port: int = 8002, log_verbose: int = 0,
+                 exit_timeout_s: int = 10, extra_args: tuple[str, ...] = ()) -> None:
+        self.repository = Path(repository).resolve()
+        self.endpoints = Endpoints(host, http_port, grpc_port, metrics_port)
+        self.log_verbose = log_verbose
+        self.exit_timeout_s = exit_timeout_s
+        self.extra_args = tuple(extra_args)
+        self.process: subprocess.Popen | None = None
+        self.workdir: Path | None = None
+        self.runtime: runtime_repository.RuntimeRepository | None = None
+        self.ready_after_s: float | None = None
+
+    @property
+    def log_path(self) -> Path | None:
+        return self.workdir / "tritonserver.log" if self.workdir else None
+
+    def command(self, backends: Path, runtime: Path) -> list[str]:
+        install = triton_binary.locate()
+        e = self.endpoints
+        return [
+            str(install.binary),
+            f"--model-repository={runtime}",
+            f"--backend-directory={backends}",
+            "--model-control-mode=explicit", "--load-model=*",
+            f"--http-address={e.host}", f"--http-port={e.http_port}",
+            f"--grpc-address={e.host}", f"--grpc-port={e.grpc_port}",
+            f"--metrics-address={e.host}", f"--metrics-port={e.metrics_port}",
+            "--allow-gpu-metrics=false",
+            "--disable-auto-complete-config",  # serve the derived config as written
+            "--strict-readiness=true",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
+            f"--log-verbose={self.log_verbose}",
+            *self.extra_args,
+        ]
+
+    def start(self, *, ready_timeout_s: float = 120.0) -> "EmbeddedTriton":
+        """Derive the runtime repository, launch tritonserver, and wait until every model is ready."""
+        if self.process is not None:
+            raise RuntimeError("server already started")
+        install = triton_binary.locate()
+        busy = [p for p in (self.endpoints.http_port, self.endpoints.grpc_port, self.endpoints.metrics_port)
+                if port_in_use(p, self.endpoints.host)]
+        if busy:
+            raise ServerStartError(f"port(s) {', '.join(map(str, busy))} already in use on {self.endpoints.host}; "
+                                   "choose others with --http-port/--grpc-port/--metrics-port")
+        self.workdir = Path(tempfile.mkdtemp(prefix="rf-triton-serve-"))
+        try:
+            self.runtime = runtime_repository.derive(self.repository, self.workdir / "models")
+            backends = install.prepare_backends(self.workdir / "backends")
+            with open(self.log_path, "wb") as log:
+                started = time.monotonic()
+                self.process = subprocess.Popen(
+                    self.command(backends, self.runtime.path), stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, env=install.environment(), cwd=self.workdir,
+                    start_new_session=True, preexec_fn=_die_with_parent,
+                )
+            self.wait_ready(ready_timeout_s)
+            self.ready_after_s = time.monotonic() - started
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        url = f"http://{self.endpoints.http}/v2/health/ready"
+        while time.monotonic() < deadline:
+            code = self.process.poll()
+            if code is not None:
+                raise ServerStartError(f"tritonserver exited with code {code} before it was ready:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=1.0) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.1)
+        raise ServerStartError(f"tritonserver not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def model_index(self) -> list[dict]:
+        """The repository index (name, version, state) as the server sees it."""
+        request = urllib.request.Request(f"http://{self.endpoints.http}/v2/repository/index", data=b"{}",
+                                         method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5.0) as response:
+            return json.loads(response.read())
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path or not self.log_path.is_file():
+            return "(no server log)"
+        with open(self.log_path, errors="replace") as log:
+            return "".join(deque(log, maxlen=lines)).rstrip()
+
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        """SIGINT the server, wait, then SIGKILL its process group; remove the runtime folder. Returns the exit code."""
+        code = None
+        if self.process is not None:
+            code = self.process.poll()
+            if code is None:
+                code = self._signal_and_wait(timeout_s if timeout_s is not None else self.exit_timeout_s + 5)
+            self._reap_group()
+            self.process = None
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+        return code
+
+    def _signal_and_wait(self, timeout_s: float) -> int:
+        try:
+            self.process.send_signal(signal.SIGINT)  # the server itself: it unloads models and stops its stubs
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            return self.process.wait()
+
+    def _reap_group(self) -> None:
+        """Kill whatever is left in the server's process group (stubs outliving the server)."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def __enter__(self) -> "EmbeddedTriton":
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
