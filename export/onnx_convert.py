@@ -102,7 +102,14 @@ def relative_errors(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
 def check_parity(estimator, onnx_bytes: bytes, X: np.ndarray, tolerance: float) -> ParityReport:
     """Predict X with sklearn and with ONNX Runtime on the exported bytes; compare."""
     X32 = np.asarray(X, dtype=np.float32)
-    expected = np.asarray(estimator.predict(X32), dtype=np.float64).reshape(-1)
+    names = getattr(estimator, "feature_names_in_", None)
+    if names is not None:  # fitted on a DataFrame: predict on one, as the user would
+        import pandas as pd
+
+        expected = estimator.predict(pd.DataFrame(X32, columns=names))
+    else:
+        expected = estimator.predict(X32)
+    expected = np.asarray(expected, dtype=np.float64).reshape(-1)
     actual = ort_predict(onnx_bytes, X32)
     if actual.shape != expected.shape:
         raise ExportError(f"ONNX output has shape {actual.shape}, sklearn gives {expected.shape}")

@@ -184,6 +184,7 @@ def write_config(path: Path, config: mc.ModelConfig) -> None:
     try:
         with os.fdopen(handle, "w") as out:
             out.write(to_text(config))
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the server may run as another user
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,214 @@
+"""`rf-triton export` through typer's CliRunner: every source, versioning, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from pathlib import Path
+
+import joblib
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pytest
+from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from typer.testing import CliRunner
+
+from rf_triton.cli import app
+from rf_triton.export import repository as repo_module
+from rf_triton.export.triton_config import feature_names, read_config
+
+runner = CliRunner()
+
+
+def export(*args: str):
+    return runner.invoke(app, ["export", *args])
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    """Every file under `path` with its bytes, to prove a failed export wrote nothing."""
+    if not path.exists():
+        return {}
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, 3)) * [1.0, 50.0, 0.01]
+    y = X[:, 0] * 3 + X[:, 1] * 0.1 + rng.normal(size=300)
+    return X, y
+
+
+@pytest.fixture()
+def csv_file(tmp_path, small_data):
+    X, y = small_data
+    frame = pd.DataFrame(X, columns=["age", "income", "ratio"])
+    frame["price"] = y
+    path = tmp_path / "train.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_demo_export_writes_version_then_next(tmp_path):
+    repo = tmp_path / "repo"
+    first = export("--repository", str(repo))
+    assert first.exit_code == 0, first.output
+    second = export("--repository", str(repo), "--max-queue-delay-us", "250")
+    assert second.exit_code == 0, second.output
+    model_dir = repo / "random_forest"
+    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "2", "config.pbtxt"]
+    for version in ("1", "2"):
+        assert sorted(p.name for p in (model_dir / version).iterdir()) == ["metadata.json", "model.onnx"]
+    config = read_config(model_dir / "config.pbtxt")
+    assert config.dynamic_batching.max_queue_delay_microseconds == 250
+    metadata = json.loads((model_dir / "2" / "metadata.json").read_text())
+    assert metadata["n_estimators"] == 50 and metadata["max_depth"] == 10
+    assert metadata["parity"]["max_rel_error"] <= 1e-4 and metadata["parity"]["rows"] > 0
+    assert metadata["scores"]["validation_r2"] > 0.8
+    assert "parity: max abs error" in first.output
+
+
+def test_explicit_version_and_existing_version_refused(tmp_path):
+    repo = tmp_path / "repo"
+    assert export("--repository", str(repo), "--version", "7").exit_code == 0
+    assert (repo / "random_forest" / "7" / "model.onnx").is_file()
+    before = snapshot(repo)
+    again = export("--repository", str(repo), "--version", "7")
+    assert again.exit_code == 1 and "already exists" in again.output
+    assert snapshot(repo) == before
+
+
+def test_pickled_forest(tmp_path, small_data):
+    X, y = small_data
+    forest = RandomForestRegressor(n_estimators=10, max_depth=6, random_state=0).fit(X, y)
+    path = tmp_path / "forest.joblib"
+    joblib.dump(forest, path)
+    result = export("--model", str(path), "--repository", str(tmp_path / "repo"), "--name", "prices")
+    assert result.exit_code == 0, result.output
+    config = read_config(tmp_path / "repo" / "prices" / "config.pbtxt")
+    assert list(config.input[0].dims) == [3]
+    assert feature_names(config) == ["x0", "x1", "x2"]
+
+
+def test_pipeline_with_scaler_keeps_scaling_inside_the_graph(tmp_path, small_data):
+    X, y = small_data
+    frame = pd.DataFrame(X, columns=["age", "income", "ratio"])
+    pipeline = make_pipeline(StandardScaler(), RandomForestRegressor(n_estimators=10, random_state=0)).fit(frame, y)
+    path = tmp_path / "pipeline.pkl"
+    path.write_bytes(pickle.dumps(pipeline))
+    result = export("--model", str(path), "--repository", str(tmp_path / "repo"))
+    assert result.exit_code == 0, result.output
+    model_dir = tmp_path / "repo" / "random_forest"
+    assert feature_names(read_config(model_dir / "config.pbtxt")) == ["age", "income", "ratio"]
+    session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    raw = X[:50].astype(np.float32)  # raw, unscaled features: the scaler runs inside the graph
+    onnx_out = session.run(None, {"X": raw})[0].ravel()
+    np.testing.assert_allclose(onnx_out, pipeline.predict(pd.DataFrame(raw, columns=frame.columns)), rtol=1e-4)
+    assert json.loads((model_dir / "1" / "metadata.json").read_text())["pipeline_steps"] == [
+        "standardscaler", "randomforestregressor"]
+
+
+def test_csv_training_keeps_feature_names(tmp_path, csv_file):
+    result = export("--data", str(csv_file), "--target", "price", "--n-estimators", "8", "--max-depth", "5",
+                    "--repository", str(tmp_path / "repo"))
+    assert result.exit_code == 0, result.output
+    model_dir = tmp_path / "repo" / "random_forest"
+    assert feature_names(read_config(model_dir / "config.pbtxt")) == ["age", "income", "ratio"]
+    metadata = json.loads((model_dir / "1" / "metadata.json").read_text())
+    assert metadata["n_estimators"] == 8 and metadata["max_depth"] == 5
+    assert set(metadata["scores"]) == {"train_r2", "validation_r2"}
+
+
+def test_help_warns_that_pickles_run_code():
+    result = runner.invoke(app, ["export", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "runs code" in result.output and "trust" in result.output
+
+
+def _bad_inputs(tmp_path: Path, csv_file: Path, small_data) -> dict[str, tuple[list[str], str]]:
+    X, y = small_data
+    corrupt = tmp_path / "corrupt.joblib"
+    corrupt.write_bytes(b"\x80\x04 definitely not a pickle")
+    classifier = tmp_path / "classifier.joblib"
+    joblib.dump(RandomForestClassifier(n_estimators=3).fit(X, y > 0), classifier)
+    unfitted = tmp_path / "unfitted.joblib"
+    joblib.dump(RandomForestRegressor(), unfitted)
+    not_a_model = tmp_path / "dict.joblib"
+    joblib.dump({"weights": [1, 2, 3]}, not_a_model)
+    text_column = tmp_path / "text.csv"
+    pd.DataFrame({"city": ["a", "b"] * 10, "size": range(20), "price": range(20)}).to_csv(text_column, index=False)
+    with_nan = tmp_path / "nan.csv"
+    frame = pd.read_csv(csv_file)
+    frame.loc[3, "income"] = np.nan
+    frame.to_csv(with_nan, index=False)
+    garbage = tmp_path / "garbage.csv"
+    garbage.write_bytes(b"\x00\x01\x02\xff\xfe")
+    return {
+        "missing model": (["--model", str(tmp_path / "nope.joblib")], "model file not found"),
+        "corrupt model": (["--model", str(corrupt)], "cannot load model"),
+        "classifier": (["--model", str(classifier)], "RandomForestClassifier, expected a RandomForestRegressor"),
+        "unfitted": (["--model", str(unfitted)], "not fitted"),
+        "not a model": (["--model", str(not_a_model)], "holds a dict"),
+        "missing csv": (["--data", str(tmp_path / "nope.csv"), "--target", "price"], "data file not found"),
+        "no target column": (["--data", str(csv_file), "--target", "cost"], "target column 'cost' not in"),
+        "text feature": (["--data", str(text_column), "--target", "price"], "non-numeric feature columns in .*: city"),
+        "nan in data": (["--data", str(with_nan), "--target", "price"], r"missing \(NaN\) values .*income"),
+        "unreadable csv": (["--data", str(garbage), "--target", "price"], "target column|cannot read CSV"),
+        "tolerance breach": (["--tolerance", "1e-12"], "parity check failed"),
+        "zero tolerance": (["--tolerance", "0"], "--tolerance must be > 0"),
+        "both sources": (["--model", str(classifier), "--data", str(csv_file)], "either --model or --data"),
+        "data without target": (["--data", str(csv_file)], "--data needs --target"),
+        "target without data": (["--target", "price"], "--target goes with --data"),
+        "bad kind": (["--kind", "tpu"], "--kind must be one of"),
+        "bad version policy": (["--version-policy", "newest"], "invalid version policy"),
+        "bad max batch": (["--max-batch-size", "0"], "--max-batch-size must be at least 1"),
+        "bad trees": (["--data", str(csv_file), "--target", "price", "--n-estimators", "0"], "--n-estimators"),
+        "bad name": (["--name", "../escape"], "invalid model name"),
+    }
+
+
+BAD_CASES = ["missing model", "corrupt model", "classifier", "unfitted", "not a model", "missing csv",
+             "no target column", "text feature", "nan in data", "unreadable csv", "tolerance breach",
+             "zero tolerance", "both sources", "data without target", "target without data", "bad kind",
+             "bad version policy", "bad max batch", "bad trees", "bad name"]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_one_line_exit_1_nothing_written(case, tmp_path, csv_file, small_data):
+    args, message = _bad_inputs(tmp_path, csv_file, small_data)[case]
+    repo = tmp_path / "repo"
+    assert export("--repository", str(repo), "--version", "1").exit_code == 0
+    before = snapshot(repo)
+    result = export("--repository", str(repo), *args)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, result.stderr
+    assert re.search(message, error_lines[0]), error_lines[0]
+    assert snapshot(repo) == before
+    assert not [p for p in repo.rglob(".staging-*")]
+
+
+def test_failure_while_writing_leaves_no_version(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    assert export("--repository", str(repo)).exit_code == 0
+    before = snapshot(repo)
+
+    def broken_write(path, data):
+        path.write_bytes(data[: len(data) // 2])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(repo_module, "_write_file", broken_write)
+    with pytest.raises(OSError):
+        repo_module.write_version(repo, "random_forest", None, b"onnx-bytes", {}, read_config(
+            repo / "random_forest" / "config.pbtxt"))
+    with pytest.raises(OSError):
+        repo_module.write_version(repo, "brand_new", None, b"onnx-bytes", {}, read_config(
+            repo / "random_forest" / "config.pbtxt"))
+    assert snapshot(repo) == before
+    assert sorted(p.name for p in repo.iterdir()) == ["random_forest"]
+    assert sorted(p.name for p in (repo / "random_forest").iterdir()) == ["1", "config.pbtxt"]

@@ -1,0 +1,118 @@
+"""config.pbtxt generation through Triton's protobuf: defaults, options, updates, validation."""
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from rf_triton.export.errors import ExportError
+from rf_triton.export.onnx_convert import GraphSignature
+from rf_triton.export.triton_config import (
+    DEFAULTS, ServingOptions, build_config, feature_names, parse_version_policy, read_config, to_text, write_config,
+)
+
+GRAPH = GraphSignature("X", [5], "variable", [1])
+META = {"feature_names": '["a", "b", "c", "d", "e"]'}
+
+
+def test_new_config_targets_onnxruntime_with_defaults():
+    config = build_config("rf", GRAPH, ServingOptions(), META)
+    assert config.backend == "onnxruntime" and config.platform == ""
+    assert config.max_batch_size == DEFAULTS.max_batch_size
+    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [("X", mc.TYPE_FP32, [5])]
+    assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [("variable", mc.TYPE_FP32, [1])]
+    assert config.dynamic_batching.max_queue_delay_microseconds == DEFAULTS.max_queue_delay_us
+    assert [(g.count, g.kind) for g in config.instance_group] == [(2, mc.ModelInstanceGroup.KIND_CPU)]
+    assert config.version_policy.latest.num_versions == 1
+    assert config.parameters["intra_op_thread_count"].string_value == "1"
+    assert feature_names(config) == ["a", "b", "c", "d", "e"]
+    (warmup,) = config.model_warmup
+    assert warmup.batch_size == 64 and list(warmup.inputs["X"].dims) == [5] and warmup.inputs["X"].zero_data
+
+
+def test_options_are_written():
+    options = ServingOptions(max_batch_size=256, max_queue_delay_us=500, preferred_batch_sizes=(64, 128),
+                             instances=3, kind="gpu", version_policy="specific:1,3", intra_op_threads=2)
+    config = build_config("rf", GRAPH, options, META)
+    assert config.max_batch_size == 256
+    assert list(config.dynamic_batching.preferred_batch_size) == [64, 128]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 500
+    assert [(g.count, g.kind) for g in config.instance_group] == [(3, mc.ModelInstanceGroup.KIND_GPU)]
+    assert list(config.version_policy.specific.versions) == [1, 3]
+    assert config.parameters["intra_op_thread_count"].string_value == "2"
+
+
+def test_small_max_batch_size_caps_warmup():
+    config = build_config("rf", GRAPH, ServingOptions(max_batch_size=8), META)
+    assert config.model_warmup[0].batch_size == 8
+
+
+def test_update_keeps_what_options_do_not_name():
+    existing = build_config("rf", GRAPH, ServingOptions(max_queue_delay_us=700, instances=4), META)
+    existing.response_cache.enable = True
+    existing.dynamic_batching.default_queue_policy.max_queue_size = 99
+    existing.parameters["owner"].string_value = "team-a"
+    updated = build_config("rf", GraphSignature("X", [7], "variable", [1]), ServingOptions(max_batch_size=64),
+                           {"feature_names": "[]"}, existing)
+    assert updated.response_cache.enable
+    assert updated.dynamic_batching.max_queue_delay_microseconds == 700
+    assert updated.dynamic_batching.default_queue_policy.max_queue_size == 99
+    assert updated.instance_group[0].count == 4
+    assert updated.parameters["owner"].string_value == "team-a"
+    assert updated.max_batch_size == 64
+    assert list(updated.input[0].dims) == [7]  # the graph always wins
+    assert len(updated.input) == 1 and len(updated.model_warmup) == 1
+
+
+def test_update_overrides_what_options_name():
+    existing = build_config("rf", GRAPH, ServingOptions(max_queue_delay_us=700, kind="gpu"), META)
+    updated = build_config("rf", GRAPH, ServingOptions(max_queue_delay_us=50, kind="cpu"), META, existing)
+    assert updated.dynamic_batching.max_queue_delay_microseconds == 50
+    assert updated.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    assert updated.instance_group[0].count == 2
+
+
+@pytest.mark.parametrize("text, field, expected", [
+    ("latest", "latest", 1), ("latest:3", "latest", 3), ("all", "all", None), ("specific:2,5", "specific", [2, 5]),
+])
+def test_version_policy(text, field, expected):
+    policy = parse_version_policy(text)
+    assert policy.WhichOneof("policy_choice") == field
+    if field == "latest":
+        assert policy.latest.num_versions == expected
+    if field == "specific":
+        assert list(policy.specific.versions) == expected
+
+
+@pytest.mark.parametrize("options, message", [
+    (ServingOptions(max_batch_size=0), "--max-batch-size"),
+    (ServingOptions(max_queue_delay_us=-1), "--max-queue-delay-us"),
+    (ServingOptions(instances=0), "--instances"),
+    (ServingOptions(kind="tpu"), "--kind"),
+    (ServingOptions(version_policy="newest"), "version policy"),
+    (ServingOptions(version_policy="latest:0"), "version policy"),
+    (ServingOptions(version_policy="specific:"), "version policy"),
+    (ServingOptions(preferred_batch_sizes=(0,)), "--preferred-batch-size"),
+    (ServingOptions(max_batch_size=16, preferred_batch_sizes=(32,)), "exceeds"),
+    (ServingOptions(preferred_batch_sizes=(4096,)), "exceeds"),
+])
+def test_invalid_options_are_refused(options, message):
+    with pytest.raises(ExportError, match=message):
+        build_config("rf", GRAPH, options, META)
+
+
+def test_written_config_parses_back(tmp_path):
+    config = build_config("rf", GRAPH, ServingOptions(preferred_batch_sizes=(64,)), META)
+    path = tmp_path / "rf" / "config.pbtxt"
+    write_config(path, config)
+    assert read_config(path) == config
+    assert text_format.Parse(path.read_text(), mc.ModelConfig()) == config
+    assert path.stat().st_mode & 0o044 == 0o044  # readable by the container's user
+    assert "max_batch_size: 1024" in to_text(config)
+    assert list(tmp_path.joinpath("rf").iterdir()) == [path]
+
+
+def test_unparseable_config_is_reported(tmp_path):
+    path = tmp_path / "config.pbtxt"
+    path.write_text("max_batch_size: lots")
+    with pytest.raises(ExportError, match="not a valid Triton model config"):
+        read_config(path)
