@@ -10,7 +10,6 @@ from rf_triton.export import sources
 from rf_triton.export.pipeline import export_model
 from rf_triton.serve.server import EmbeddedTriton, ServerStartError, free_port
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
