@@ -8,6 +8,7 @@ import pytest
 
 from rf_triton.export import sources
 from rf_triton.export.pipeline import export_model
+from rf_triton.export.triton_config import ServingOptions
 from rf_triton.serve.server import EmbeddedTriton, ServerStartError, free_port
 
 
@@ -19,8 +20,9 @@ def demo_model() -> sources.TrainedModel:
 
 @pytest.fixture(scope="session")
 def demo_repository(tmp_path_factory, demo_model) -> Path:
+    """The demo model with a 1 ms batching window, so that batching shows even on a loaded host."""
     repository = tmp_path_factory.mktemp("served") / "model_repository"
-    export_model(demo_model, repository)
+    export_model(demo_model, repository, options=ServingOptions(max_queue_delay_us=1000))
     return repository
 
 
