@@ -1,0 +1,222 @@
+"""Abstract Locust users that send inference requests to a forest served by Triton.
+
+`TritonUser` reads the model's description once per user, builds one payload per user (so the
+measured time is the server and the wire, not numpy), and reports every request to Locust's
+statistics. `BaseTritonHttpUser` and `BaseTritonGrpcUser` add the two tritonclient transports;
+a locustfile subclasses them and adds a `@task` that calls `send_inference()`.
+
+Options (Locust custom arguments, registered here so any locustfile importing this module gets
+them): --model, --rows-per-request, --grpc-host, --payload-csv. The HTTP address is Locust's
+--host; the gRPC address is --grpc-host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import weakref
+
+import gevent
+import grpc.experimental.gevent
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from locust import User, events
+from locust.exception import StopTest
+
+from rf_triton.client.client import RandomForestClient, split_url
+
+from .payload import random_rows, sample_csv_rows
+
+# grpc must learn to yield to gevent (Locust has monkey-patched the standard library on import)
+# before any channel exists, or one blocking call freezes every user in the process.
+grpc.experimental.gevent.init_gevent()
+
+DEFAULT_MODEL = "random_forest"
+DEFAULT_HTTP_HOST = "http://127.0.0.1:8000"
+DEFAULT_GRPC_HOST = "127.0.0.1:8001"
+
+_runners_stopping: "weakref.WeakSet" = weakref.WeakSet()  # one stop per run, however many users fail
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+@events.init_command_line_parser.add_listener
+def add_triton_arguments(parser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="Triton model to load-test")
+    parser.add_argument("--rows-per-request", type=positive_int, default=1,
+                        help="rows in each inference request (at most the model's max_batch_size)")
+    parser.add_argument("--grpc-host", default=DEFAULT_GRPC_HOST,
+                        help="host:port of Triton's gRPC endpoint (the HTTP one is --host)")
+    parser.add_argument("--payload-csv", default="",
+                        help="CSV to draw request rows from (feature columns by name, or exactly the "
+                             "model's feature count); random rows when empty")
+
+
+class SetupError(RuntimeError):
+    """The user cannot start: the server, the model or an option is wrong."""
+
+
+class TritonUser(User):
+    """Common machinery: options, model description, payload, timing and reporting of each request."""
+
+    abstract = True
+    request_type = ""  # "HTTP" or "gRPC": the Type column of Locust's statistics
+    protocol = ""  # "http" or "grpc": what RandomForestClient calls it
+    network_timeout_s = 30.0
+    model_ready_timeout_s = 10.0
+
+    def __init__(self, environment) -> None:
+        super().__init__(environment)
+        self.model = self._option("model", DEFAULT_MODEL)
+        self.rows_per_request = int(self._option("rows_per_request", 1))
+        self.payload_csv = self._option("payload_csv", "")
+        self.request_name = f"infer {self.model} x{self.rows_per_request}"
+        self.client = None
+        self.input_name = self.output_name = ""
+        self.payload: np.ndarray | None = None
+        self._inputs: list = []  # tritonclient tensors built once from the payload, reused by every request
+        self._outputs: list = []
+
+    def _option(self, name: str, default):
+        options = self.environment.parsed_options
+        value = getattr(options, name, None) if options is not None else None
+        return default if value in (None, "") else value
+
+    def server_url(self) -> str:
+        raise NotImplementedError
+
+    def open_client(self):
+        """A tritonclient client for the hot path, owned by this user alone."""
+        raise NotImplementedError
+
+    def infer_payload(self):
+        """Send the prepared payload once; return the tritonclient result."""
+        raise NotImplementedError
+
+    def on_start(self) -> None:
+        started = time.perf_counter()
+        try:
+            self._prepare()
+        except Exception as exc:
+            # A failure row in the statistics makes Locust exit non-zero and says why in the report.
+            self._report(f"start {self.model}", _elapsed_ms(started), 0, exc)
+            self._stop_the_run()
+            raise StopTest(f"{self.request_type} user cannot start: {exc}") from exc
+
+    def _prepare(self) -> None:
+        """Describe the model, build this user's payload, and open the client the requests will use."""
+        with RandomForestClient(self.server_url(), protocol=self.protocol, model=self.model,
+                                timeout_s=self.network_timeout_s, init_timeout_s=self.model_ready_timeout_s) as model:
+            n_features, feature_names, max_batch_size = model.n_features, model.feature_names, model.max_batch_size
+            self.input_name, self.output_name = model.input_name, model.output_name
+        if self.rows_per_request > max_batch_size:
+            raise SetupError(f"--rows-per-request {self.rows_per_request} exceeds model {self.model!r}'s "
+                             f"max_batch_size {max_batch_size}; Triton would refuse every request")
+        rng = np.random.default_rng()
+        if self.payload_csv:
+            self.payload = sample_csv_rows(self.payload_csv, self.rows_per_request, n_features, feature_names, rng)
+        else:
+            self.payload = random_rows(self.rows_per_request, n_features, rng)
+        self.client = self.open_client()
+
+    def _stop_the_run(self) -> None:
+        """End the run as Locust does for a StopTest raised in a task (User.run swallows one from on_start):
+        a misconfigured run should not idle until --run-time."""
+        runner = self.environment.runner
+        if runner is None or runner in _runners_stopping:
+            return
+        _runners_stopping.add(runner)
+        headless = bool(getattr(self.environment.parsed_options, "headless", False))
+        gevent.spawn(runner.quit if headless else runner.stop)
+
+    def on_stop(self) -> None:
+        # An open tritonclient gRPC client keeps a headless run from exiting after its summary.
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    def send_inference(self) -> None:
+        """One timed request with this user's payload, reported to Locust (response_length = rows returned).
+
+        The time covers the round trip only; checking the answer afterwards is not charged to the server."""
+        started = time.perf_counter()
+        try:
+            result = self.infer_payload()
+        except Exception as exc:
+            self._report(self.request_name, _elapsed_ms(started), 0, exc)
+            return
+        elapsed_ms = _elapsed_ms(started)
+        predictions = result.as_numpy(self.output_name)
+        if predictions is None or len(predictions) != self.rows_per_request:
+            got = "no output" if predictions is None else f"{len(predictions)} rows"
+            error = ValueError(f"expected {self.rows_per_request} predictions in {self.output_name!r}, got {got}")
+            self._report(self.request_name, elapsed_ms, 0, error)
+        else:
+            self._report(self.request_name, elapsed_ms, len(predictions), None)
+
+    def _report(self, name: str, response_time_ms: float, response_length: int, exception: Exception | None) -> None:
+        self.environment.events.request.fire(
+            request_type=self.request_type, name=name, response_time=response_time_ms,
+            response_length=response_length, exception=exception, context={},
+        )
+
+
+def _elapsed_ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
+
+
+class BaseTritonHttpUser(TritonUser):
+    """Triton's HTTP/REST endpoint through tritonclient.http (geventhttpclient: gevent-native)."""
+
+    abstract = True
+    request_type = "HTTP"
+    protocol = "http"
+    host = DEFAULT_HTTP_HOST
+
+    def server_url(self) -> str:
+        return self.host
+
+    def open_client(self):
+        address, ssl = split_url(self.host, "http")
+        client = httpclient.InferenceServerClient(address, ssl=ssl, concurrency=1,
+                                                  connection_timeout=self.network_timeout_s,
+                                                  network_timeout=self.network_timeout_s)
+        self._inputs = [httpclient.InferInput(self.input_name, list(self.payload.shape), "FP32")]
+        self._inputs[0].set_data_from_numpy(self.payload, binary_data=True)
+        self._outputs = [httpclient.InferRequestedOutput(self.output_name, binary_data=True)]
+        return client
+
+    def infer_payload(self):
+        return self.client.infer(self.model, self._inputs, outputs=self._outputs)
+
+
+class BaseTritonGrpcUser(TritonUser):
+    """Triton's gRPC endpoint through tritonclient.grpc, made cooperative by init_gevent above."""
+
+    abstract = True
+    request_type = "gRPC"
+    protocol = "grpc"
+
+    def server_url(self) -> str:
+        return self._option("grpc_host", DEFAULT_GRPC_HOST)
+
+    def open_client(self):
+        address, ssl = split_url(self.server_url(), "grpc")
+        client = grpcclient.InferenceServerClient(address, ssl=ssl)
+        self._inputs = [grpcclient.InferInput(self.input_name, list(self.payload.shape), "FP32")]
+        self._inputs[0].set_data_from_numpy(self.payload)
+        self._outputs = [grpcclient.InferRequestedOutput(self.output_name)]
+        return client
+
+    def infer_payload(self):
+        return self.client.infer(self.model, self._inputs, outputs=self._outputs,
+                                 client_timeout=self.network_timeout_s)

@@ -1,0 +1,168 @@
+"""`rf-triton serve` and `rf-triton predict` as a user runs them: real processes, real signals."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from rf_triton.serve.server import free_port
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "rf_triton"]
+
+
+class ServeProcess:
+    """`rf-triton serve` in its own session, with its output in a file for failure reports."""
+
+    def __init__(self, repository: Path, log: Path) -> None:
+        self.ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+        self.log = log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [*CLI, "serve", "--repository", str(repository), "--http-port", str(self.ports["http"]),
+                 "--grpc-port", str(self.ports["grpc"]), "--metrics-port", str(self.ports["metrics"])],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def tail(self, lines: int = 30) -> str:
+        with open(self.log, errors="replace") as f:
+            return "".join(deque(f, maxlen=lines))
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"rf-triton serve exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['http']}/v2/health/ready", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        pytest.fail(f"rf-triton serve not ready after {timeout_s} s:\n{self.tail()}")
+
+    def descendants(self) -> list[psutil.Process]:
+        return psutil.Process(self.proc.pid).children(recursive=True)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def gone(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.fixture()
+def serve(tmp_path):
+    started = []
+
+    def start(repository: Path = ROOT / "model_repository") -> ServeProcess:
+        process = ServeProcess(repository, tmp_path / f"serve-{len(started)}.log")
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_serve_predict_and_stop_cleanly(stop_signal, serve, demo_model, tmp_path):
+    server = serve()
+    server.wait_ready()
+    children = server.descendants()
+    assert any(c.name() == "tritonserver" for c in children), [c.name() for c in children]
+    expected = demo_model.estimator.predict(demo_model.X_val[:3])
+
+    for protocol in ("http", "grpc"):
+        values = ";".join(",".join(f"{v:.9g}" for v in row) for row in demo_model.X_val[:3])
+        result = run_cli("predict", "--url", f"127.0.0.1:{server.ports[protocol]}", "--protocol", protocol,
+                         "--values", values)
+        assert result.returncode == 0, result.stderr
+        np.testing.assert_allclose([float(v) for v in result.stdout.split()], expected, rtol=1e-4)
+
+    csv = tmp_path / "rows.csv"
+    csv.write_text("x4,x3,x2,x1,x0\n" + "\n".join(",".join(f"{v:.9g}" for v in row[::-1])
+                                                  for row in demo_model.X_val[:3]))
+    result = run_cli("predict", "--url", f"127.0.0.1:{server.ports['http']}", "--input", str(csv))
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_allclose([float(v) for v in result.stdout.split()], expected, rtol=1e-4)
+
+    server.proc.send_signal(stop_signal)
+    assert server.proc.wait(timeout=60) == 0, server.tail()
+    leftovers = [c for c in children if not gone(c)]
+    assert not leftovers, f"processes left behind: {leftovers}"
+    assert "stopping tritonserver" in server.tail()
+
+
+def test_serve_fails_clearly_when_a_model_cannot_load(serve, tmp_path):
+    repository = tmp_path / "broken"
+    shutil.copytree(ROOT / "model_repository", repository)
+    (repository / "random_forest" / "1" / "model.onnx").write_bytes(b"not an onnx file")
+    server = serve(repository)
+    assert server.proc.wait(timeout=120) == 1, server.tail()
+    output = server.tail(60)
+    assert "error:" in output and "random_forest" in output
+    assert "Traceback" not in output
+
+
+def test_serve_refuses_a_busy_port(serve):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        busy = sock.getsockname()[1]
+        repository = ROOT / "model_repository"
+        result = run_cli("serve", "--repository", str(repository), "--http-port", str(busy),
+                         "--grpc-port", str(free_port()), "--metrics-port", str(free_port()), timeout=60)
+    assert result.returncode == 1
+    assert f"port(s) {busy} already in use" in result.stderr
+
+
+def test_serve_refuses_a_missing_repository(tmp_path):
+    result = run_cli("serve", "--repository", str(tmp_path / "nowhere"), "--http-port", str(free_port()),
+                     "--grpc-port", str(free_port()), "--metrics-port", str(free_port()), timeout=60)
+    assert result.returncode == 1
+    assert "model repository not found" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--values", "1,2,3"], "3 features per row, the model takes 5"),
+    (["--values", "1,2,x,4,5"], "not a comma-separated list of numbers"),
+    (["--values", "nan,0,0,0,0"], "NaN or infinite"),
+    ([], "exactly one of --input"),
+    (["--input", "/nonexistent.csv"], "input file not found"),
+    (["--values", "1,2,3,4,5", "--model", "missing_model", "--timeout-s", "1"], "'missing_model' not ready"),
+])
+def test_predict_bad_input(args, message, triton):
+    result = run_cli("predict", "--url", triton.endpoints.http, *args, timeout=60)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_predict_unreachable_server_fails_fast():
+    started = time.monotonic()
+    result = run_cli("predict", "--url", f"127.0.0.1:{free_port()}", "--values", "1,2,3,4,5", "--timeout-s", "1",
+                     timeout=60)
+    assert result.returncode == 1 and "not ready" in result.stderr
+    assert time.monotonic() - started < 30

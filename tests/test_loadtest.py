@@ -1,0 +1,127 @@
+"""The Locust suite: payload rules, and a short headless run over HTTP and gRPC against the real server."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rf_triton.loadtest.payload import PayloadError, csv_feature_table, random_rows, sample_csv_rows
+from rf_triton.serve.server import EmbeddedTriton, free_port
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+MODEL_REPOSITORY = PROJECT_ROOT / "model_repository"
+LOCUSTFILE = "loadtest/locustfile.py"
+LOCUST_HARD_TIMEOUT_S = 60
+FEATURES = ["x0", "x1", "x2", "x3", "x4"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_csv_cache():
+    """csv_feature_table caches per path; tmp files can reuse names across tests."""
+    csv_feature_table.cache_clear()
+    yield
+    csv_feature_table.cache_clear()
+
+
+# -- payloads (no server) ----------------------------------------------------------------------------
+
+
+def test_random_rows_have_the_requested_shape_and_float32():
+    rows = random_rows(7, 5, np.random.default_rng(0))
+    assert rows.shape == (7, 5) and rows.dtype == np.float32 and np.isfinite(rows).all()
+
+
+def test_csv_rows_follow_the_model_feature_order_and_drop_other_columns(tmp_path):
+    path = tmp_path / "payload.csv"
+    path.write_text("target,x4,x3,x2,x1,x0\n9,4,3,2,1,0\n")
+    rows = sample_csv_rows(path, 3, 5, FEATURES, np.random.default_rng(0))
+    assert rows.dtype == np.float32
+    np.testing.assert_array_equal(rows, np.tile([0, 1, 2, 3, 4], (3, 1)))
+
+
+def test_csv_without_feature_names_is_taken_as_is_when_the_column_count_matches(tmp_path):
+    path = tmp_path / "payload.csv"
+    path.write_text("a,b,c,d,e\n1,2,3,4,5\n6,7,8,9,10\n")
+    rows = sample_csv_rows(path, 50, 5, FEATURES, np.random.default_rng(0))
+    assert rows.shape == (50, 5)
+    assert {tuple(row) for row in rows.tolist()} == {(1, 2, 3, 4, 5), (6, 7, 8, 9, 10)}
+
+
+@pytest.mark.parametrize("content, message", [
+    ("a,b,c\n1,2,3\n", "has 3 columns; the model takes 5"),
+    ("x0,x1,x2,x3,x4\n", "no rows"),
+    ("x0,x1,x2,x3,x4\n1,2,,4,5\n", "NaN or infinite"),
+    ("x0,x1,x2,x3,x4\n1,2,three,4,5\n", "non-numeric"),
+])
+def test_unusable_csv_is_refused_with_a_reason(tmp_path, content, message):
+    path = tmp_path / "payload.csv"
+    path.write_text(content)
+    with pytest.raises(PayloadError, match=message):
+        sample_csv_rows(path, 1, 5, FEATURES, np.random.default_rng(0))
+
+
+# -- headless Locust run against the real tritonserver -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def triton():
+    server = EmbeddedTriton(MODEL_REPOSITORY, http_port=free_port(), grpc_port=free_port(),
+                            metrics_port=free_port())
+    try:
+        server.start()
+    except Exception as exc:
+        tail = server.log_tail()
+        server.stop()
+        pytest.fail(f"tritonserver did not start: {exc}\n--- server log ---\n{tail}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def run_locust(args: list[str], timeout_s: float = LOCUST_HARD_TIMEOUT_S) -> tuple[int, str]:
+    """Run Locust in its own process group; kill the group by PID if it outlives `timeout_s`."""
+    process = subprocess.Popen([sys.executable, "-m", "locust", "-f", LOCUSTFILE, *args], cwd=PROJECT_ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"locust still running after {timeout_s} s; killed. Output tail:\n{output[-3000:]}")
+    return process.returncode, output
+
+
+@pytest.mark.integration
+def test_headless_run_sends_requests_over_http_and_grpc_without_failures(triton, tmp_path):
+    code, output = run_locust([
+        "--headless", "-u", "4", "-r", "4", "--run-time", "4s",
+        "--host", f"http://{triton.endpoints.http}", "--grpc-host", triton.endpoints.grpc,
+        "--csv", str(tmp_path / "run"), "--only-summary",
+    ])
+    assert code == 0, f"locust exited with {code}:\n{output[-3000:]}"
+    with open(tmp_path / "run_stats.csv", newline="") as stats_file:
+        rows = {row["Type"]: row for row in csv.DictReader(stats_file) if row["Name"] != "Aggregated"}
+    assert set(rows) == {"HTTP", "gRPC"}, f"request types in the stats: {sorted(rows)}\n{output[-3000:]}"
+    for protocol, row in rows.items():
+        assert row["Name"] == "infer random_forest x1", protocol
+        assert int(row["Request Count"]) > 0, protocol
+        assert int(row["Failure Count"]) == 0, f"{protocol}: {row['Failure Count']} failures\n{output[-3000:]}"
+
+
+def test_unreachable_server_ends_the_run_early_with_a_failure():
+    """A wrong address must fail the run fast, not idle silently until --run-time."""
+    code, output = run_locust([
+        "--headless", "-u", "1", "-r", "1", "--run-time", "120s", "--only-summary", "TritonHttpUser",
+        "--host", f"http://127.0.0.1:{free_port()}",
+    ])
+    assert code == 1, output[-3000:]
+    assert "HTTP user cannot start" in output and "not ready" in output, output[-3000:]
