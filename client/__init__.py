@@ -1,5 +1,9 @@
 """Python client for a forest served by Triton (HTTP or gRPC), and the `predict` command."""
 
-from .client import ClientError, InferenceError, InputError, RandomForestClient, ServerUnavailableError
+from .client import (
+    NO_RETRY, ClientError, InferenceError, InputError, RandomForestClient, RetryPolicy, ServerBusyError,
+    ServerUnavailableError,
+)
 
-__all__ = ["ClientError", "InferenceError", "InputError", "RandomForestClient", "ServerUnavailableError"]
+__all__ = ["NO_RETRY", "ClientError", "InferenceError", "InputError", "RandomForestClient", "RetryPolicy",
+           "ServerBusyError", "ServerUnavailableError"]

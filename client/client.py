@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,6 +41,39 @@ class ServerUnavailableError(ClientError, ConnectionError):
     """The server or the model could not be reached or is not ready."""
 
 
+class ServerBusyError(InferenceError):
+    """Triton refused the request for now (queue full, server stopping): retrying later may succeed."""
+
+
+# Triton answers UNAVAILABLE (HTTP 503) when a queue is full or the server is shutting down.
+RETRYABLE_STATUSES = {"503", "StatusCode.UNAVAILABLE"}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often to resend a request that failed for a transient reason, with exponential backoff.
+
+    Predictions are pure functions of their input, so resending one is always safe (idempotent).
+    Only unreachable servers, dropped connections and UNAVAILABLE answers are retried; a refusal
+    of the request itself (4xx, INVALID_ARGUMENT) never is.
+    """
+
+    attempts: int = 3
+    backoff_s: float = 0.05
+    max_backoff_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.backoff_s < 0 or self.max_backoff_s < 0:
+            raise ValueError("RetryPolicy needs attempts >= 1 and non-negative backoffs")
+
+    def delay(self, retry: int) -> float:
+        """Seconds to wait before retry number `retry` (1-based)."""
+        return min(self.backoff_s * 2 ** (retry - 1), self.max_backoff_s)
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+
+
 def split_url(url: str, protocol: str) -> tuple[str, bool]:
     """'https://host:8000' → ('host:8000', ssl=True); a bare 'host:port' is accepted as is."""
     if "://" not in url:
@@ -56,7 +90,8 @@ class RandomForestClient:
     """Context manager over a tritonclient connection to one model (and optionally one version)."""
 
     def __init__(self, url: str = "127.0.0.1:8000", *, protocol: str = "http", model: str = "random_forest",
-                 version: str | int = "", timeout_s: float = 30.0, init_timeout_s: float = 30.0) -> None:
+                 version: str | int = "", timeout_s: float = 30.0, init_timeout_s: float = 30.0,
+                 retry: RetryPolicy = RetryPolicy()) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
         self.url, self.ssl = split_url(url, protocol)
@@ -65,6 +100,8 @@ class RandomForestClient:
         self.version = str(version) if version not in (None, "") else ""
         self.timeout_s = timeout_s
         self.init_timeout_s = init_timeout_s
+        self.retry = retry
+        self.retries = 0  # requests resent under the retry policy, over this client's life
         self._client: Any = None
         self.input_name = ""
         self.output_name = ""
@@ -126,7 +163,26 @@ class RandomForestClient:
         try:
             return getattr(self._client, method)(*args, **kwargs)
         except InferenceServerException as exc:
-            raise InferenceError(f"{method} for model {self.model!r}: {exc.message()}", exc.status()) from None
+            status, message = str(exc.status()), exc.message() or ""
+            if status in RETRYABLE_STATUSES and self.protocol == "grpc" and "queue" not in message.lower():
+                raise ServerUnavailableError(f"{method} for model {self.model!r} at {self.url}: {message}") from None
+            error = ServerBusyError if status in RETRYABLE_STATUSES else InferenceError
+            raise error(f"{method} for model {self.model!r}: {message}", status) from None
+        except OSError as exc:  # refused, reset or timed-out connection (HTTP); gRPC reports UNAVAILABLE
+            raise ServerUnavailableError(f"{method} for model {self.model!r} at {self.url}: {exc}") from None
+
+    def _call_with_retry(self, method: str, *args, **kwargs):
+        for attempt in range(1, self.retry.attempts + 1):
+            try:
+                return self._call(method, *args, **kwargs)
+            except (ServerBusyError, ServerUnavailableError):
+                if attempt == self.retry.attempts:
+                    raise
+                self.retries += 1
+                time.sleep(self.retry.delay(attempt))
+                if self.protocol == "http":  # a dropped keep-alive connection is not reused
+                    self._client.close()
+                    self._client = self._new_client()
 
     def _describe(self) -> None:
         metadata = self._call("get_model_metadata", self.model, self.version)
@@ -189,15 +245,16 @@ class RandomForestClient:
             tensor = proto.InferInput(self.input_name, list(rows.shape), "FP32")
             tensor.set_data_from_numpy(rows, binary_data=True)
             outputs = [proto.InferRequestedOutput(self.output_name, binary_data=True)]
-            result = self._call("infer", self.model, [tensor], model_version=self.version, outputs=outputs)
+            result = self._call_with_retry("infer", self.model, [tensor], model_version=self.version,
+                                           outputs=outputs)
         else:
             import tritonclient.grpc as proto
 
             tensor = proto.InferInput(self.input_name, list(rows.shape), "FP32")
             tensor.set_data_from_numpy(rows)
             outputs = [proto.InferRequestedOutput(self.output_name)]
-            result = self._call("infer", self.model, [tensor], model_version=self.version, outputs=outputs,
-                                client_timeout=self.timeout_s)
+            result = self._call_with_retry("infer", self.model, [tensor], model_version=self.version,
+                                           outputs=outputs, client_timeout=self.timeout_s)
         return result.as_numpy(self.output_name).reshape(len(rows), -1)
 
     def _reorder_frame(self, X):

@@ -1,3 +1,8 @@
 """rf-triton: serve scikit-learn random forests on NVIDIA Triton Inference Server."""
 
 __version__ = "0.1.0"
+
+# The header that unlocks Triton's model-repository API (load/unload/index) when a control key is
+# set: `--http-restricted-api` / `--grpc-restricted-protocol` on the server, sent by `rf-triton models`.
+CONTROL_KEY_HEADER = "control-key"
+CONTROL_KEY_ENV = "RF_TRITON_CONTROL_KEY"

@@ -5,11 +5,12 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
+from .. import CONTROL_KEY_ENV, CONTROL_KEY_HEADER
 from .runtime_repository import RepositoryError
 from .server import EmbeddedTriton, ServerStartError
 from .triton_binary import TritonNotAvailable
@@ -35,14 +36,20 @@ def serve(
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
     ready_timeout_s: Annotated[float, typer.Option(help="Seconds to wait for every model to be ready.")] = 120.0,
     log_verbose: Annotated[int, typer.Option(help="tritonserver --log-verbose level.")] = 0,
+    control_key: Annotated[Optional[str], typer.Option(
+        envvar=CONTROL_KEY_ENV, show_envvar=True,
+        help=f"Require this value in the '{CONTROL_KEY_HEADER}' header for the model-repository API "
+             "(load/unload/index), over HTTP and gRPC. Inference stays open.")] = None,
 ) -> None:
     """Serve a model repository with the real Triton server from the nvidia-pytriton wheel (no Docker).
 
     Each onnxruntime model is served by the Python backend running the same model.onnx with ONNX
-    Runtime; the repository itself is not modified. Stops cleanly on Ctrl-C or SIGTERM.
+    Runtime; the repository itself is not modified. New versions exported into the repository
+    are mirrored within a second; `rf-triton models load` makes the server pick them up.
+    Stops cleanly on Ctrl-C or SIGTERM.
     """
     server = EmbeddedTriton(repository, host=host, http_port=http_port, grpc_port=grpc_port,
-                            metrics_port=metrics_port, log_verbose=log_verbose)
+                            metrics_port=metrics_port, log_verbose=log_verbose, control_key=control_key)
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
         with console.status(f"Starting tritonserver on {repository}"):
@@ -53,6 +60,8 @@ def serve(
         e = server.endpoints
         console.print(f"[green]ready[/] in {server.ready_after_s:.1f} s: {models}")
         console.print(f"  HTTP    http://{e.http}\n  gRPC    {e.grpc}\n  metrics {e.metrics}\n  log     {server.log_path}")
+        console.print("  model control: " + (f"needs the '{CONTROL_KEY_HEADER}' header" if control_key else
+                                             "open (set --control-key to restrict load/unload)"))
         console.print("Press Ctrl-C to stop.")
         while server.is_running():
             time.sleep(0.5)

@@ -8,7 +8,9 @@ the very same model.onnx (linked, not copied) with ONNX Runtime. The canonical r
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,3 +99,42 @@ def _translate_onnx_model(source: Path, config: mc.ModelConfig, available: list[
         (version_dir / onnx_name).symlink_to(onnx_file)
         shutil.copy2(MODEL_SOURCE, version_dir / "model.py")
     write_config(target / CONFIG_FILENAME, python_backend_config(config, warnings))
+
+
+def canonical_state(canonical: Path) -> tuple:
+    """A cheap fingerprint of the canonical repository: what changes when a version or config does."""
+    state = []
+    for model_dir in sorted(p for p in canonical.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for entry in sorted(model_dir.iterdir()):
+            if entry.name.startswith("."):
+                continue
+            state.append((model_dir.name, entry.name, entry.stat().st_mtime_ns))
+    return tuple(state)
+
+
+def sync(canonical: Path, runtime: Path) -> RuntimeRepository:
+    """Bring `runtime` in line with `canonical` without disturbing what is already there.
+
+    New versions appear by rename (whole), removed ones go, configs are replaced atomically. The
+    server reads these files only when a model is (re)loaded, so serving versions are unaffected.
+    """
+    staging = Path(tempfile.mkdtemp(dir=runtime.parent, prefix=".sync-"))
+    try:
+        fresh = derive(canonical, staging / "models")
+        for model_dir in sorted(p for p in fresh.path.iterdir() if p.is_dir()):
+            target = runtime / model_dir.name
+            if not target.exists():
+                os.rename(model_dir, target)
+                continue
+            new_versions = {p.name for p in model_dir.iterdir() if p.is_dir()}
+            for version in sorted(new_versions - {p.name for p in target.iterdir() if p.is_dir()}):
+                os.rename(model_dir / version, target / version)
+            for stale in [p for p in target.iterdir() if p.is_dir() and p.name not in new_versions]:
+                shutil.rmtree(stale)
+            os.replace(model_dir / CONFIG_FILENAME, target / CONFIG_FILENAME)
+        for gone in [p for p in runtime.iterdir() if p.is_dir() and p.name not in fresh.models]:
+            shutil.rmtree(gone)
+        fresh.path = runtime
+        return fresh
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +24,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import CONTROL_KEY_HEADER
 from . import runtime_repository, triton_binary
 
 PR_SET_PDEATHSIG = 1
@@ -72,6 +74,23 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
+def group_shm_regions(pgid: int) -> set[Path]:
+    """The /dev/shm files mapped by processes of group `pgid` (the Python-backend stubs' regions)."""
+    regions = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
+            if int(fields[2]) != pgid:
+                continue
+            for line in (stat.parent / "maps").read_text().splitlines():
+                parts = line.split(maxsplit=5)
+                if len(parts) == 6 and parts[5].startswith("/dev/shm/"):
+                    regions.add(Path(parts[5].removesuffix(" (deleted)")))
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+    return regions
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -82,12 +101,20 @@ class EmbeddedTriton:
 
     def __init__(self, repository: Path | str, *, host: str = "127.0.0.1", http_port: int = 8000,
                  grpc_port: int = 8001, metrics_port: int = 8002, log_verbose: int = 0,
-                 exit_timeout_s: int = 10, extra_args: tuple[str, ...] = ()) -> None:
+                 exit_timeout_s: int = 10, control_key: str | None = None, watch_interval_s: float | None = 1.0,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.repository = Path(repository).resolve()
         self.endpoints = Endpoints(host, http_port, grpc_port, metrics_port)
         self.log_verbose = log_verbose
         self.exit_timeout_s = exit_timeout_s
+        self.control_key = control_key
+        self.watch_interval_s = watch_interval_s
         self.extra_args = tuple(extra_args)
+        self._watcher: threading.Thread | None = None
+        self._stop_watching = threading.Event()
+        self._sync_lock = threading.Lock()
+        self.sync_error: str | None = None
+        self.shm_regions: set[Path] = set()
         self.process: subprocess.Popen | None = None
         self.workdir: Path | None = None
         self.runtime: runtime_repository.RuntimeRepository | None = None
@@ -113,8 +140,20 @@ class EmbeddedTriton:
             "--strict-readiness=true",
             f"--exit-timeout-secs={self.exit_timeout_s}",
             f"--log-verbose={self.log_verbose}",
+            *self.restriction_args(),
             *self.extra_args,
         ]
+
+    def restriction_args(self) -> list[str]:
+        """Triton's own restriction flags: the repository API (load/unload/index) needs the key header."""
+        if not self.control_key:
+            return []
+        rule = f"model-repository:{CONTROL_KEY_HEADER}={self.control_key}"
+        return [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
+
+    @property
+    def control_headers(self) -> dict[str, str]:
+        return {CONTROL_KEY_HEADER: self.control_key} if self.control_key else {}
 
     def start(self, *, ready_timeout_s: float = 120.0) -> "EmbeddedTriton":
         """Derive the runtime repository, launch tritonserver, and wait until every model is ready."""
@@ -139,6 +178,9 @@ class EmbeddedTriton:
                 )
             self.wait_ready(ready_timeout_s)
             self.ready_after_s = time.monotonic() - started
+            self.shm_regions = group_shm_regions(self.process.pid)
+            if self.watch_interval_s:
+                self._start_watching()
         except BaseException:
             self.stop()
             raise
@@ -160,13 +202,40 @@ class EmbeddedTriton:
             time.sleep(0.1)
         raise ServerStartError(f"tritonserver not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
 
+    def sync_repository(self) -> runtime_repository.RuntimeRepository:
+        """Mirror the canonical repository's changes (new versions, configs) into the runtime one.
+
+        Triton reads them when a model is next loaded through its repository API
+        (`rf-triton models load`), exactly as the stock container would read the canonical one.
+        """
+        with self._sync_lock:
+            self.runtime = runtime_repository.sync(self.repository, self.runtime.path)
+            return self.runtime
+
+    def _start_watching(self) -> None:
+        self._stop_watching.clear()
+        self._watcher = threading.Thread(target=self._watch, name="rf-triton-repository-watch", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        seen = runtime_repository.canonical_state(self.repository)
+        while not self._stop_watching.wait(self.watch_interval_s):
+            try:
+                state = runtime_repository.canonical_state(self.repository)
+                if state != seen:
+                    self.sync_repository()
+                    seen, self.sync_error = state, None
+            except (OSError, runtime_repository.RepositoryError) as exc:
+                self.sync_error = str(exc)  # keep serving what is there; retried on the next change
+
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def model_index(self) -> list[dict]:
         """The repository index (name, version, state) as the server sees it."""
         request = urllib.request.Request(f"http://{self.endpoints.http}/v2/repository/index", data=b"{}",
-                                         method="POST", headers={"Content-Type": "application/json"})
+                                         method="POST",
+                                         headers={"Content-Type": "application/json", **self.control_headers})
         with urllib.request.urlopen(request, timeout=5.0) as response:
             return json.loads(response.read())
 
@@ -179,11 +248,17 @@ class EmbeddedTriton:
     def stop(self, timeout_s: float | None = None) -> int | None:
         """SIGINT the server, wait, then SIGKILL its process group; remove the runtime folder. Returns the exit code."""
         code = None
+        self._stop_watching.set()
+        if self._watcher is not None:
+            self._watcher.join()
+            self._watcher = None
         if self.process is not None:
             code = self.process.poll()
+            self.shm_regions |= group_shm_regions(self.process.pid)
             if code is None:
                 code = self._signal_and_wait(timeout_s if timeout_s is not None else self.exit_timeout_s + 5)
             self._reap_group()
+            self._remove_leftover_shm()
             self.process = None
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -197,6 +272,14 @@ class EmbeddedTriton:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             return self.process.wait()
+
+    def _remove_leftover_shm(self) -> None:
+        """Triton removes its stubs' shared memory on a clean exit; after a crash or kill, we do."""
+        deadline = time.monotonic() + 5.0
+        while group_shm_regions(self.process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)  # killed stubs still exiting
+        for region in self.shm_regions:
+            region.unlink(missing_ok=True)
 
     def _reap_group(self) -> None:
         """Kill whatever is left in the server's process group (stubs outliving the server)."""
