@@ -10,8 +10,8 @@ from rich.console import Console
 
 from . import sources
 from .errors import ExportError
-from .pipeline import DEFAULT_MODEL_NAME, DEFAULT_TOLERANCE, export_model
-from .triton_config import DEFAULTS, KINDS, ServingOptions
+from .pipeline import DEFAULT_FORMAT, DEFAULT_MODEL_NAME, DEFAULT_TOLERANCE, FORMATS, export_model
+from .triton_config import DEFAULTS, FIL_DEFAULTS, KINDS, ServingOptions
 
 app = typer.Typer()
 console = Console(stderr=True)
@@ -37,30 +37,37 @@ def export(
     repository: Annotated[Path, typer.Option(help="Triton model repository to write into.")] = Path("model_repository"),
     name: Annotated[str, typer.Option(help="Model name in the repository.")] = DEFAULT_MODEL_NAME,
     version: Annotated[Optional[int], typer.Option(help="Version number; default: highest existing + 1.")] = None,
+    model_format: Annotated[str, typer.Option(
+        "--format", help=f"Model file and Triton backend: {'|'.join(FORMATS)}. onnx: model.onnx for the onnxruntime "
+                         "backend (CPU). fil: checkpoint.tl (treelite) for the FIL backend, which evaluates the "
+                         "trees on a GPU; served by the stock container only.")] = DEFAULT_FORMAT,
     tolerance: Annotated[float, typer.Option(
-        help="Largest relative error allowed between sklearn and ONNX Runtime predictions.")] = DEFAULT_TOLERANCE,
+        help="Largest relative error allowed between sklearn and the exported model "
+             "(run with ONNX Runtime, or treelite's GTIL for --format fil).")] = DEFAULT_TOLERANCE,
     max_batch_size: Annotated[Optional[int], typer.Option(
-        help=f"Triton max_batch_size [default: existing config, else {DEFAULTS.max_batch_size}].")] = None,
+        help=f"Triton max_batch_size (default: existing config, else {DEFAULTS.max_batch_size}).")] = None,
     max_queue_delay_us: Annotated[Optional[int], typer.Option(
-        help=f"Dynamic batcher max queue delay in µs [default: existing, else {DEFAULTS.max_queue_delay_us}].")] = None,
+        help=f"Dynamic batcher max queue delay in µs (default: existing, else {DEFAULTS.max_queue_delay_us}).")] = None,
     preferred_batch_size: Annotated[Optional[list[int]], typer.Option(
         help="Preferred batch size for the dynamic batcher; repeat for several. Usually best left unset.")] = None,
     instances: Annotated[Optional[int], typer.Option(
-        help=f"Model instances [default: existing, else {DEFAULTS.instances}].")] = None,
+        help=f"Model instances (default: existing, else {DEFAULTS.instances}; "
+             f"{FIL_DEFAULTS.instances} per device for --format fil).")] = None,
     kind: Annotated[Optional[str], typer.Option(
-        help=f"Instance kind: {'|'.join(KINDS)} [default: existing, else {DEFAULTS.kind}]. "
+        help=f"Instance kind: {'|'.join(KINDS)} (default: existing, else {DEFAULTS.kind}; "
+             f"{FIL_DEFAULTS.kind} for --format fil). "
              "ONNX Runtime evaluates tree ensembles on the CPU even in a GPU instance.")] = None,
     version_policy: Annotated[Optional[str], typer.Option(
-        help=f"Versions Triton serves: latest[:N], all, specific:1,3 [default: existing, else {DEFAULTS.version_policy}].")] = None,
+        help=f"Versions Triton serves: latest[:N], all, specific:1,3 (default: existing, else {DEFAULTS.version_policy}).")] = None,
     intra_op_threads: Annotated[Optional[int], typer.Option(
-        help=f"ONNX Runtime intra-op threads per instance, 0 = all cores [default: existing, else {DEFAULTS.intra_op_threads}].")] = None,
+        help=f"ONNX Runtime intra-op threads per instance, 0 = all cores (default: existing, else {DEFAULTS.intra_op_threads}).")] = None,
     inter_op_threads: Annotated[Optional[int], typer.Option(
-        help=f"ONNX Runtime inter-op threads per instance [default: existing, else {DEFAULTS.inter_op_threads}].")] = None,
+        help=f"ONNX Runtime inter-op threads per instance (default: existing, else {DEFAULTS.inter_op_threads}).")] = None,
 ) -> None:
-    """Export a random forest to ONNX and write it as a new version in a Triton model repository.
+    """Export a random forest to ONNX (or FIL) and write it as a new version in a Triton model repository.
 
     With no --model or --data, trains the demo model (50 trees, depth 10, 5 features, seed 0).
-    Predictions of the ONNX file are checked against sklearn before anything is written.
+    Predictions of the exported file are checked against sklearn before anything is written.
     """
     if model is not None and data is not None:
         raise fail("give either --model or --data, not both")
@@ -87,12 +94,15 @@ def export(
         if trained.scores:
             console.print("scores: " + ", ".join(f"{k} {v:.4f}" for k, v in trained.scores.items()))
         result = export_model(trained, repository, name=name, version=version, options=options,
-                              tolerance=tolerance, console=console)
+                              tolerance=tolerance, console=console, model_format=model_format)
     except ExportError as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
         raise fail("interrupted; nothing written", 130) from None
-    if kind and kind.lower() == "gpu":
+    if model_format == "fil":
+        console.print("[yellow]note:[/] the FIL backend is in the stock container only (docker compose --profile "
+                      "gpu); `rf-triton serve` skips this model.")
+    elif kind and kind.lower() == "gpu":
         console.print("[yellow]note:[/] ONNX Runtime computes tree ensembles on the CPU only; a KIND_GPU "
                       "onnxruntime instance still evaluates the trees on the CPU.")
     console.print(f"[green]wrote[/] {result.version_dir} and {result.config_path} in {result.seconds:.2f} s")

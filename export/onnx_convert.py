@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
+from . import parity
 from .errors import ExportError
+from .parity import ParityReport, relative_errors  # noqa: F401  (re-exported: callers use them from here)
 
 INPUT_NAME = "X"
 OUTPUT_NAME = "variable"
@@ -22,21 +24,6 @@ class GraphSignature:
     input_dims: list[int]  # batch dimension stripped
     output_name: str
     output_dims: list[int]
-
-
-@dataclass(frozen=True)
-class ParityReport:
-    rows: int
-    max_abs_error: float
-    max_rel_error: float
-    tolerance: float
-
-    @property
-    def passed(self) -> bool:
-        return self.max_rel_error <= self.tolerance
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def convert(estimator, n_features: int) -> bytes:
@@ -86,36 +73,14 @@ def ort_predict(onnx_bytes: bytes, X: np.ndarray, threads: int = 1) -> np.ndarra
     return np.asarray(output).reshape(-1)
 
 
-def relative_errors(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
-    """|actual - expected| / |expected|, with |expected| floored at 0.1% of the largest |expected|.
-
-    The floor keeps predictions that happen to sit near zero from turning a tiny float32 rounding
-    difference into a huge ratio.
-    """
-    expected = np.asarray(expected, dtype=np.float64).reshape(-1)
-    actual = np.asarray(actual, dtype=np.float64).reshape(-1)
-    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
-    floor = max(scale * 1e-3, np.finfo(np.float32).tiny)
-    return np.abs(actual - expected) / np.maximum(np.abs(expected), floor)
-
-
 def check_parity(estimator, onnx_bytes: bytes, X: np.ndarray, tolerance: float) -> ParityReport:
     """Predict X with sklearn and with ONNX Runtime on the exported bytes; compare."""
-    X32 = np.asarray(X, dtype=np.float32)
-    names = getattr(estimator, "feature_names_in_", None)
-    if names is not None:  # fitted on a DataFrame: predict on one, as the user would
-        import pandas as pd
+    return parity.check_parity(estimator, lambda rows: ort_predict(onnx_bytes, rows), X, tolerance, "ONNX")
 
-        expected = estimator.predict(pd.DataFrame(X32, columns=names))
-    else:
-        expected = estimator.predict(X32)
-    expected = np.asarray(expected, dtype=np.float64).reshape(-1)
-    actual = ort_predict(onnx_bytes, X32)
-    if actual.shape != expected.shape:
-        raise ExportError(f"ONNX output has shape {actual.shape}, sklearn gives {expected.shape}")
-    return ParityReport(
-        rows=int(expected.size),
-        max_abs_error=float(np.max(np.abs(actual - expected))),
-        max_rel_error=float(np.max(relative_errors(expected, actual))),
-        tolerance=tolerance,
-    )
+
+def tool_versions() -> dict[str, str]:
+    """The converter and runtime behind this format, recorded in metadata.json."""
+    import onnxruntime
+    import skl2onnx
+
+    return {"skl2onnx": skl2onnx.__version__, "onnxruntime": onnxruntime.__version__}

@@ -16,7 +16,7 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from .errors import ExportError
-from .triton_config import CONFIG_FILENAME, ONNX_FILENAME, write_config
+from .triton_config import CONFIG_FILENAME, write_config
 
 METADATA_FILENAME = "metadata.json"
 
@@ -34,9 +34,14 @@ def next_version(model_dir: Path) -> int:
     return existing[-1] + 1 if existing else 1
 
 
-def write_version(repository: Path, name: str, version: int | None, onnx_bytes: bytes,
+def write_version(repository: Path, name: str, version: int | None, model_filename: str, model_bytes: bytes,
                   metadata: dict, config: mc.ModelConfig) -> Path:
-    """Publish `onnx_bytes` as REPOSITORY/NAME/VERSION and the config beside it; return the version dir."""
+    """Publish `model_bytes` as REPOSITORY/NAME/VERSION/`model_filename` and the config beside it.
+
+    Returns the version dir. The model file name is the backend's (model.onnx, checkpoint.tl).
+    """
+    if not model_filename or "/" in model_filename or model_filename in (METADATA_FILENAME, CONFIG_FILENAME):
+        raise ExportError(f"invalid model file name {model_filename!r}")
     if not name or "/" in name or name.startswith(".") or name != name.strip():
         raise ExportError(f"invalid model name {name!r}")
     if repository.exists() and not repository.is_dir():
@@ -57,7 +62,7 @@ def write_version(repository: Path, name: str, version: int | None, onnx_bytes: 
         staged_model_dir = staging if new_model else model_dir
         version_dir = staging / str(version) if new_model else staging
         version_dir.mkdir(exist_ok=True)
-        _write_file(version_dir / ONNX_FILENAME, onnx_bytes)
+        _write_file(version_dir / model_filename, model_bytes)
         _write_file(version_dir / METADATA_FILENAME, (json.dumps(metadata, indent=2) + "\n").encode())
         if new_model:
             write_config(staged_model_dir / CONFIG_FILENAME, config)

@@ -1,4 +1,4 @@
-"""config.pbtxt for the stock container's onnxruntime backend, built through Triton's protobuf.
+"""config.pbtxt for the stock container's onnxruntime or FIL backend, built through Triton's protobuf.
 
 Options left as ``None`` keep what an existing config.pbtxt says (so a tuned config survives a
 re-export) and fall back to :data:`DEFAULTS` for a new model.
@@ -20,6 +20,7 @@ from .onnx_convert import GraphSignature
 
 CONFIG_FILENAME = "config.pbtxt"
 ONNX_FILENAME = "model.onnx"
+FIL_FILENAME = "checkpoint.tl"
 FEATURE_NAMES_PARAMETER = "feature_names"
 KINDS = {
     "cpu": mc.ModelInstanceGroup.KIND_CPU,
@@ -27,6 +28,7 @@ KINDS = {
     "auto": mc.ModelInstanceGroup.KIND_AUTO,
 }
 WARMUP_ROWS = 64
+PLATFORM_BACKENDS = {"onnxruntime_onnx": "onnxruntime"}  # the older `platform:` spelling
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,26 @@ DEFAULTS = ServingOptions(
     max_batch_size=1024, max_queue_delay_us=100, preferred_batch_sizes=(), instances=2, kind="cpu",
     version_policy="latest:1", intra_op_threads=1, inter_op_threads=1,
 )
+
+
+# FIL: one instance on each GPU when there is one (KIND_AUTO), else one on the CPU.
+FIL_DEFAULTS = replace(DEFAULTS, instances=1, kind="auto")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What differs between the backends this project writes configs for."""
+
+    name: str
+    model_filename: str
+    defaults: ServingOptions
+    fixed_parameters: tuple[tuple[str, str], ...] = ()
+    ort_threads: bool = False  # intra/inter-op thread parameters are ONNX Runtime's
+
+
+ONNXRUNTIME = Backend("onnxruntime", ONNX_FILENAME, DEFAULTS, ort_threads=True)
+FIL = Backend("fil", FIL_FILENAME, FIL_DEFAULTS,
+              fixed_parameters=(("model_type", "treelite_checkpoint"), ("output_class", "false")))
 
 
 def validate(options: ServingOptions) -> None:
@@ -103,19 +125,28 @@ def parse_version_policy(text: str) -> mc.ModelVersionPolicy:
 
 
 def build_config(name: str, graph: GraphSignature, options: ServingOptions,
-                 metadata: dict[str, str], existing: mc.ModelConfig | None = None) -> mc.ModelConfig:
-    """The onnxruntime-backend config for `graph`, updating `existing` in place of starting over."""
+                 metadata: dict[str, str], existing: mc.ModelConfig | None = None,
+                 backend: Backend = ONNXRUNTIME) -> mc.ModelConfig:
+    """The `backend` config for `graph`, updating `existing` in place of starting over."""
     validate(options)
+    if not backend.ort_threads and (options.intra_op_threads is not None or options.inter_op_threads is not None):
+        raise ExportError(f"--intra-op-threads/--inter-op-threads are ONNX Runtime options; "
+                          f"the {backend.name} backend does not use them")
+    defaults = backend.defaults
     config = mc.ModelConfig()
     if existing is not None:
+        served_by = existing.backend or PLATFORM_BACKENDS.get(existing.platform, existing.platform)
+        if served_by != backend.name:
+            raise ExportError(f"model {name} is served by the {served_by} backend, its versions cannot switch "
+                              f"to {backend.name}: export under another --name or --repository")
         config.CopyFrom(existing)
     config.name = name
     config.ClearField("platform")
-    config.backend = "onnxruntime"
-    config.default_model_filename = ONNX_FILENAME
+    config.backend = backend.name
+    config.default_model_filename = backend.model_filename
 
     def pick(field: str):
-        return getattr(options, field) if getattr(options, field) is not None else getattr(DEFAULTS, field)
+        return getattr(options, field) if getattr(options, field) is not None else getattr(defaults, field)
 
     if options.max_batch_size is not None or config.max_batch_size == 0:
         config.max_batch_size = pick("max_batch_size")
@@ -137,8 +168,8 @@ def build_config(name: str, graph: GraphSignature, options: ServingOptions,
 
     if options.instances is not None or options.kind is not None or not config.instance_group:
         previous = config.instance_group[0] if config.instance_group else None
-        count = options.instances or (previous.count if previous and previous.count else DEFAULTS.instances)
-        kind = KINDS[options.kind] if options.kind else (previous.kind if previous else KINDS[DEFAULTS.kind])
+        count = options.instances or (previous.count if previous and previous.count else defaults.instances)
+        kind = KINDS[options.kind] if options.kind else (previous.kind if previous else KINDS[defaults.kind])
         del config.instance_group[:]
         config.instance_group.add(count=count, kind=kind)
 
@@ -146,9 +177,12 @@ def build_config(name: str, graph: GraphSignature, options: ServingOptions,
         config.version_policy.CopyFrom(parse_version_policy(pick("version_policy")))
 
     thread_parameters = {"intra_op_thread_count": "intra_op_threads", "inter_op_thread_count": "inter_op_threads"}
-    for parameter, field in thread_parameters.items():
-        if getattr(options, field) is not None or parameter not in config.parameters:
-            config.parameters[parameter].string_value = str(pick(field))
+    if backend.ort_threads:
+        for parameter, field in thread_parameters.items():
+            if getattr(options, field) is not None or parameter not in config.parameters:
+                config.parameters[parameter].string_value = str(pick(field))
+    for key, value in backend.fixed_parameters:
+        config.parameters[key].string_value = value
     for key, value in metadata.items():
         config.parameters[key].string_value = value
 

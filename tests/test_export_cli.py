@@ -204,10 +204,10 @@ def test_failure_while_writing_leaves_no_version(tmp_path, monkeypatch):
 
     monkeypatch.setattr(repo_module, "_write_file", broken_write)
     with pytest.raises(OSError):
-        repo_module.write_version(repo, "random_forest", None, b"onnx-bytes", {}, read_config(
+        repo_module.write_version(repo, "random_forest", None, "model.onnx", b"onnx-bytes", {}, read_config(
             repo / "random_forest" / "config.pbtxt"))
     with pytest.raises(OSError):
-        repo_module.write_version(repo, "brand_new", None, b"onnx-bytes", {}, read_config(
+        repo_module.write_version(repo, "brand_new", None, "model.onnx", b"onnx-bytes", {}, read_config(
             repo / "random_forest" / "config.pbtxt"))
     assert snapshot(repo) == before
     assert sorted(p.name for p in repo.iterdir()) == ["random_forest"]

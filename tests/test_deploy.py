@@ -1,0 +1,396 @@
+"""Production deployment files, validated by what runs here: no Docker engine, no cluster, no GPU.
+
+docker-compose.yml against the compose-spec schema (vendored in deploy/schemas/), its mounts and
+build inputs; Prometheus and Grafana provisioning; the dashboard's metric names against what the
+real (embedded) Triton exports; the Kubernetes manifests against the Kubernetes schemas
+(kubernetes-validate, offline) and the KServe InferenceService against a vendored CRD subset.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+import urllib.request
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import numpy as np
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.grpc import model_config_pb2 as mc
+
+from rf_triton.client import RandomForestClient
+from rf_triton.export.triton_config import read_config
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+SCHEMAS = DEPLOY / "schemas"
+KUBERNETES_VERSION = "1.30.0"
+COMPOSE_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-?]([^}]*))?\}")
+# Exported only where Triton finds a GPU (DCGM); the embedded server here has none.
+GPU_ONLY_METRICS = {"nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes"}
+
+
+def interpolate(value, env: dict[str, str] | None = None):
+    """What compose does to ${VAR:-default} before it reads the file: here with the defaults."""
+    env = env or {}
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if isinstance(value, str):
+        return COMPOSE_VARIABLE.sub(lambda m: env.get(m.group(1), m.group(2) or ""), value)
+    return value
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return interpolate(yaml.safe_load((ROOT / "docker-compose.yml").read_text()))
+
+
+@pytest.fixture(scope="module")
+def compose_validator():
+    schema = json.loads((SCHEMAS / "compose-spec.json").read_text())
+    return jsonschema.Draft202012Validator(schema)
+
+
+def bind_mounts(service: dict) -> list[tuple[str, str, str]]:
+    """(host path, container path, mode) of each bind mount (named volumes left out)."""
+    mounts = []
+    for volume in service.get("volumes", []):
+        source, target, *mode = volume.split(":")
+        if source.startswith((".", "/")):
+            mounts.append((source, target, mode[0] if mode else "rw"))
+    return mounts
+
+
+def repository_configs(service: dict) -> list[mc.ModelConfig]:
+    (source,) = [s for s, target, _ in bind_mounts(service) if target == "/models"]
+    return [read_config(p) for p in sorted((ROOT / source).glob("*/config.pbtxt"))]
+
+
+# -- docker-compose.yml ---------------------------------------------------------------------------
+
+def test_compose_file_is_valid_against_the_compose_spec(compose, compose_validator):
+    errors = [f"{e.json_path}: {e.message}" for e in compose_validator.iter_errors(compose)]
+    assert not errors, errors
+    misspelt = json.loads(json.dumps(compose))
+    misspelt["services"]["triton"]["healthchek"] = misspelt["services"]["triton"].pop("healthcheck")
+    assert list(compose_validator.iter_errors(misspelt)), "the schema must reject an unknown service key"
+
+
+def test_every_mounted_path_and_build_input_exists(compose):
+    for name, service in compose["services"].items():
+        for source, _, mode in bind_mounts(service):
+            assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+            assert mode == "ro", f"{name} mounts {source} writable"
+        build = service.get("build")
+        if build:
+            assert (ROOT / build["context"] / build["dockerfile"]).is_file(), name
+
+
+def test_triton_services_serve_read_only_with_health_restart_and_limits(compose):
+    for name in ("triton", "triton-gpu"):
+        service = compose["services"][name]
+        assert service["image"] == "nvcr.io/nvidia/tritonserver:24.10-py3"
+        command = service["command"]
+        for flag in ("--model-repository=/models", "--model-control-mode=explicit", "--load-model=*",
+                     "--metrics-config=summary_latencies=true"):
+            assert flag in command, (name, flag)
+        assert [target for _, target, _ in bind_mounts(service)] == ["/models"]
+        assert any("/v2/health/ready" in part for part in service["healthcheck"]["test"])
+        assert service["restart"] == "unless-stopped"
+        limits = service["deploy"]["resources"]["limits"]
+        assert float(limits["cpus"]) > 0 and limits["memory"]
+        ports = {p.split(":")[-1] for p in service["ports"]}
+        assert ports == {"8000", "8001", "8002"}
+        caching = [c.name for c in repository_configs(service) if c.response_cache.enable]
+        assert not caching or any(a.startswith("--cache-config") for a in command), caching
+
+
+def test_cpu_service_needs_no_gpu_and_serves_onnx(compose):
+    triton = compose["services"]["triton"]
+    assert "profiles" not in triton  # the default `docker compose up`
+    assert "reservations" not in triton["deploy"]["resources"] or \
+        "devices" not in triton["deploy"]["resources"]["reservations"]
+    configs = repository_configs(triton)
+    assert configs and all(c.backend == "onnxruntime" for c in configs)
+    assert all(g.kind == mc.ModelInstanceGroup.KIND_CPU for c in configs for g in c.instance_group)
+
+
+def test_gpu_profile_reserves_nvidia_gpus_and_serves_fil(compose):
+    gpu = compose["services"]["triton-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and int(device["count"]) >= 1
+    configs = repository_configs(gpu)
+    assert configs and all(c.backend == "fil" for c in configs)
+    on_gpu = (mc.ModelInstanceGroup.KIND_GPU, mc.ModelInstanceGroup.KIND_AUTO)
+    assert all(g.kind in on_gpu for c in configs for g in c.instance_group)
+    # Same model names on both: clients and the Locust suite switch by address only.
+    assert {c.name for c in configs} == {c.name for c in repository_configs(compose["services"]["triton"])}
+    host_ports = [p.split(":")[0] for s in ("triton", "triton-gpu") for p in compose["services"][s]["ports"]]
+    assert len(host_ports) == len(set(host_ports)), "both services can run side by side"
+
+
+def test_loadtest_profile_runs_the_locust_suite_against_triton(compose):
+    master, worker = compose["services"]["locust-master"], compose["services"]["locust-worker"]
+    assert master["profiles"] == worker["profiles"] == ["loadtest"]
+    assert worker["image"] == master["image"]
+    for service in (master, worker):
+        command = service["command"]
+        locustfile = command[command.index("-f") + 1]
+        assert locustfile == "/app/loadtest/locustfile.py" and (ROOT / "loadtest" / "locustfile.py").is_file()
+        assert command[command.index("--host") + 1] == "http://triton:8000"
+        assert command[command.index("--grpc-host") + 1] == "triton:8001"
+    assert "--master" in master["command"] and "--worker" in worker["command"]
+    assert "--master-host=locust-master" in worker["command"]
+    assert [p.split(":")[-1] for p in master["ports"]] == ["8089"]
+    assert master["depends_on"]["triton"]["condition"] == "service_healthy"
+    assert int(worker["deploy"]["replicas"]) >= 2
+
+
+def test_loadtest_image_copies_every_package_the_project_installs():
+    dockerfile = (DEPLOY / "loadtest" / "Dockerfile").read_text()
+    assert re.search(r"^WORKDIR /app$", dockerfile, re.M)  # where the compose command finds the locustfile
+    copied = {}
+    for sources_and_target in re.findall(r"^COPY (.+)$", dockerfile, re.M):
+        *sources_, target = sources_and_target.split()
+        for source in sources_:
+            assert (ROOT / source).exists(), f"COPY {source}: missing"
+            copied[source] = target
+    package_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    missing = sorted(set(package_dirs.values()) - set(copied))
+    assert not missing, f"pip install . in the image needs these folders: {missing}"
+
+
+def test_monitoring_profile_wires_prometheus_and_grafana(compose):
+    prometheus, grafana = compose["services"]["prometheus"], compose["services"]["grafana"]
+    assert prometheus["profiles"] == grafana["profiles"] == ["monitoring"]
+    mounts = {source: target for source, target, _ in bind_mounts(prometheus) + bind_mounts(grafana)}
+    assert mounts["./deploy/prometheus/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
+    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/rf-triton.yml").read_text())
+    (dashboards,) = provider["providers"]
+    assert mounts["./deploy/grafana/dashboards"] == dashboards["options"]["path"]
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith(dashboards["options"]["path"] + "/")
+    assert (DEPLOY / "grafana/dashboards" / Path(home).name).is_file()
+
+
+# -- Prometheus and Grafana -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def prometheus_config() -> dict:
+    return yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+
+
+def test_prometheus_scrapes_triton_metrics(prometheus_config, compose):
+    duration = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
+    assert duration.match(prometheus_config["global"]["scrape_interval"])
+    jobs = prometheus_config["scrape_configs"]
+    assert len({job["job_name"] for job in jobs}) == len(jobs)
+    targets = [t for job in jobs for group in job["static_configs"] for t in group["targets"]]
+    assert "triton:8002" in targets and "triton-gpu:8002" in targets
+    for target in targets:
+        host, port = target.split(":")
+        assert host in compose["services"] and port == "8002"
+    assert all(job.get("metrics_path", "/metrics") == "/metrics" for job in jobs)
+
+
+def test_grafana_datasource_points_at_the_compose_prometheus(compose):
+    provisioning = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert provisioning["apiVersion"] == 1
+    (source,) = provisioning["datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    assert "prometheus" in compose["services"]
+    dashboard = json.loads((DEPLOY / "grafana/dashboards/rf-triton.json").read_text())
+    uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p["targets"]}
+    assert uids == {source["uid"]}
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict:
+    return json.loads((DEPLOY / "grafana/dashboards/rf-triton.json").read_text())
+
+
+def queries(dashboard: dict) -> list[str]:
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [v["query"]["query"] for v in dashboard["templating"]["list"]]
+    return exprs
+
+
+def test_dashboard_layout_and_panels(dashboard):
+    assert dashboard["uid"] and dashboard["title"]
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    cells = set()
+    for panel in dashboard["panels"]:
+        g = panel["gridPos"]
+        assert g["x"] + g["w"] <= 24
+        mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not cells & mine, f"panel {panel['title']!r} overlaps another"
+        cells |= mine
+        assert panel["targets"]
+    for expr in queries(dashboard):
+        assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), expr
+    text = " ".join(queries(dashboard))
+    for needed in ("nv_inference_request_success", "nv_inference_request_failure", 'quantile="0.99"',
+                   "nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us",
+                   "nv_inference_count", "nv_inference_exec_count", "nv_cpu_utilization", "nv_gpu_utilization"):
+        assert needed in text, needed
+
+
+@pytest.mark.integration
+def test_dashboard_metrics_are_exported_by_the_real_server(demo_repository, dashboard, prometheus_config):
+    """Scrape the embedded Triton (summary latencies on) after real requests: every metric, label and
+    quantile the dashboard asks for must be there (GPU gauges aside: no GPU here)."""
+    from conftest import start_server
+
+    server = start_server(demo_repository, extra_args=("--metrics-config=summary_latencies=true",))
+    try:
+        with RandomForestClient(server.endpoints.grpc, protocol="grpc") as client:
+            for rows in (1, 3, 40):
+                client.predict(np.zeros((rows, client.n_features), dtype=np.float32))
+        text = urllib.request.urlopen(server.endpoints.metrics, timeout=10).read().decode()
+    finally:
+        server.stop()
+    labels: dict[str, set[str]] = {}
+    quantiles: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels.setdefault(sample.name, set()).update(sample.labels)
+            labels.setdefault(family.name, set()).update(sample.labels)
+            if "quantile" in sample.labels:
+                quantiles.setdefault(family.name, set()).add(sample.labels["quantile"])
+    # Labels Prometheus adds to every series it scrapes (its config's target labels, job, instance).
+    added = {"job", "instance"} | {k for job in prometheus_config["scrape_configs"]
+                                   for group in job["static_configs"] for k in group.get("labels", {})}
+    used = set()
+    for expr in queries(dashboard):
+        for name, matchers in re.findall(r"\b(nv_[a-z0-9_]+)\s*(\{[^}]*\})?", expr):
+            used.add(name)
+            if name in GPU_ONLY_METRICS:
+                continue
+            assert name in labels, f"{name} is not exported by Triton: {expr}"
+            for label, _, value in re.findall(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"', matchers):
+                assert label in labels[name] | added, f"{name} has no label {label!r}"
+                if label == "quantile":
+                    assert value in quantiles[name], f"{name} has no quantile {value}"
+        for grouping in re.findall(r"by \(([^)]*)\)", expr):
+            for label in (g.strip() for g in grouping.split(",")):
+                assert label in added | {"gpu_uuid"} | set().union(*(labels[n] for n in used if n in labels)), \
+                    f"no metric of {expr!r} has label {label!r}"
+    assert used - GPU_ONLY_METRICS, "the dashboard must use metrics the server exports"
+    assert labels["nv_inference_request_success"] >= {"model", "version"}
+
+
+# -- Kubernetes -----------------------------------------------------------------------------------
+
+def manifests(folder: Path) -> list[tuple[Path, dict]]:
+    return [(path, doc) for path in sorted(folder.glob("*.yaml"))
+            for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def test_plain_manifests_are_valid_kubernetes_objects():
+    objects = [(p, d) for p, d in manifests(DEPLOY / "kubernetes" / "plain") if d["kind"] != "Kustomization"]
+    assert {d["kind"] for _, d in objects} >= {"Deployment", "Service", "HorizontalPodAutoscaler"}
+    for path, doc in objects:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)  # raises with the field path
+    (_, deployment), = [(p, d) for p, d in objects if d["kind"] == "Deployment"]
+    broken = json.loads(json.dumps(deployment))
+    broken["spec"]["template"]["spec"]["containers"][0]["readinessProb"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+def test_kustomization_lists_every_manifest():
+    folder = DEPLOY / "kubernetes" / "plain"
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    listed = sorted(kustomization["resources"])
+    assert listed == sorted(p.name for p in folder.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def test_deployment_probes_ports_and_model_volume(compose):
+    objects = {d["kind"]: d for _, d in manifests(DEPLOY / "kubernetes" / "plain")}
+    pod = objects["Deployment"]["spec"]["template"]["spec"]
+    (triton,) = pod["containers"]
+    assert triton["image"] == compose["services"]["triton"]["image"]
+    assert set(compose["services"]["triton"]["command"][1:]) <= set(triton["args"][1:])
+    ports = {p["name"]: p["containerPort"] for p in triton["ports"]}
+    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    assert triton["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert triton["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    mounts = {m["mountPath"]: m for m in triton["volumeMounts"]}
+    assert mounts["/models"]["readOnly"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["/models"]["name"] in volumes
+    (fetch,) = pod["initContainers"]
+    assert any(m["name"] == mounts["/models"]["name"] for m in fetch["volumeMounts"])
+    assert "MODEL_REPOSITORY_URI" in " ".join(fetch["args"])
+    assert objects["ConfigMap"]["data"]["MODEL_REPOSITORY_URI"].startswith("s3://")
+    service_ports = {p["name"]: p["targetPort"] for p in objects["Service"]["spec"]["ports"]}
+    assert service_ports == {"http": "http", "grpc": "grpc", "metrics": "metrics"}
+    pod_labels = objects["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert objects["Service"]["spec"]["selector"].items() <= pod_labels.items()
+    hpa = objects["HorizontalPodAutoscaler"]["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                     "name": objects["Deployment"]["metadata"]["name"]}
+    assert 1 <= hpa["minReplicas"] < hpa["maxReplicas"]
+
+
+def test_kserve_inference_services(compose):
+    schema = json.loads((SCHEMAS / "kserve-inferenceservice-v1beta1.subset.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    services = manifests(DEPLOY / "kubernetes" / "kserve")
+    assert services
+    tag = compose["services"]["triton"]["image"].rsplit(":", 1)[1]
+    for path, doc in services:
+        errors = [f"{path.name} {e.json_path}: {e.message}" for e in validator.iter_errors(doc)]
+        assert not errors, errors
+        kubernetes_validate.validate({"apiVersion": "v1", "kind": "ConfigMap", "metadata": doc["metadata"]},
+                                     KUBERNETES_VERSION, strict=True)  # the metadata is valid ObjectMeta
+        predictor = doc["spec"]["predictor"]
+        assert predictor["model"]["modelFormat"]["name"] == "triton"
+        assert predictor["model"]["protocolVersion"] == "v2"
+        assert predictor["model"]["runtimeVersion"] == tag
+        assert predictor["model"]["storageUri"].split("://")[0] in {"s3", "gs", "pvc", "https"}
+        assert 1 <= predictor["minReplicas"] <= predictor["maxReplicas"]
+        assert predictor["scaleMetric"] in {"concurrency", "rps", "cpu", "memory"} and predictor["scaleTarget"] > 0
+        assert "--metrics-config=summary_latencies=true" in predictor["model"]["args"]
+    misspelt = json.loads(json.dumps(services[0][1]))
+    misspelt["spec"]["predictor"]["minReplica"] = misspelt["spec"]["predictor"].pop("minReplicas")
+    assert list(validator.iter_errors(misspelt))
+    gpu = [d for _, d in services if "nvidia.com/gpu" in d["spec"]["predictor"]["model"]["resources"]["limits"]]
+    assert gpu and all(d["spec"]["predictor"]["model"]["storageUri"].endswith("model_repository_fil") for d in gpu)
+
+
+# -- the GPU check script -------------------------------------------------------------------------
+
+def test_gpu_check_script_is_valid_bash_and_refuses_bad_options():
+    import subprocess
+
+    script = ROOT / "benchmarks" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    helped = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, timeout=30)
+    assert helped.returncode == 0 and "--mode triton" in helped.stdout
+    bad = subprocess.run(["bash", str(script), "--batch-sizes", "lots"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "--batch-sizes" in bad.stderr
+
+
+def test_gpu_check_measures_the_cpu_baseline(tmp_path):
+    """The CPU half runs here for real (exports both formats, times ONNX Runtime); the GPU half needs a GPU."""
+    import subprocess
+
+    result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu-only",
+                             "--batch-sizes", "256", "--seconds", "0.2"],
+                            capture_output=True, text=True, timeout=180, env={"PATH": "/usr/bin:/bin",
+                                                                             "TMPDIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    assert re.fullmatch(r"cpu onnxruntime\(\d+ cores\) batch=256 rows/s=\d+", line)
+    assert int(line.rsplit("=", 1)[1]) > 1000
+    assert not list(tmp_path.glob("rf-triton-gpu-check.*")), "the script removes its work folder"
