@@ -8,6 +8,7 @@ container alike.
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 from dataclasses import dataclass
@@ -168,7 +169,7 @@ class RandomForestClient:
                 raise ServerUnavailableError(f"{method} for model {self.model!r} at {self.url}: {message}") from None
             error = ServerBusyError if status in RETRYABLE_STATUSES else InferenceError
             raise error(f"{method} for model {self.model!r}: {message}", status) from None
-        except OSError as exc:  # refused, reset or timed-out connection (HTTP); gRPC reports UNAVAILABLE
+        except (OSError, http.client.HTTPException) as exc:  # refused/reset/closed connection (HTTP); gRPC: UNAVAILABLE
             raise ServerUnavailableError(f"{method} for model {self.model!r} at {self.url}: {exc}") from None
 
     def _call_with_retry(self, method: str, *args, **kwargs):

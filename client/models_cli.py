@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from tritonclient.utils import InferenceServerException
 
-from .. import CONTROL_KEY_ENV, CONTROL_KEY_HEADER
+from .. import CONTROL_KEY_ENV, CONTROL_KEY_HEADER, GRPC_CONTROL_KEY_HEADER
 from .client import split_url
 
 app = typer.Typer()
@@ -41,7 +41,8 @@ class RepositoryClient:
             import tritonclient.grpc as proto
         self.protocol = protocol
         self.client = proto.InferenceServerClient(address, ssl=ssl)
-        self.headers = {CONTROL_KEY_HEADER: control_key} if control_key else None
+        header = GRPC_CONTROL_KEY_HEADER if protocol == "grpc" else CONTROL_KEY_HEADER
+        self.headers = {header: control_key} if control_key else None
 
     def __enter__(self) -> "RepositoryClient":
         return self

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from .benchmarks.cli import app as bench_app
 from .client.cli import app as predict_app
+from .client.models_cli import app as models_app
 from .demo import app as demo_app
 from .export.cli import app as export_app
 from .serve.cli import app as serve_app
@@ -14,7 +16,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-for sub_app in (export_app, serve_app, predict_app, demo_app):
+for sub_app in (export_app, serve_app, predict_app, models_app, demo_app, loadtest_app, bench_app):
     app.add_typer(sub_app)
 
 

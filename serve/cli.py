@@ -77,4 +77,5 @@ def serve(
         code = server.stop()
         signal.signal(signal.SIGTERM, previous)
     if code not in (0, None):
+        typer.echo(f"error: tritonserver exited with code {code}:\n{server.final_log_tail}", err=True)
         raise typer.Exit(1)

@@ -115,6 +115,7 @@ class EmbeddedTriton:
         self._sync_lock = threading.Lock()
         self.sync_error: str | None = None
         self.shm_regions: set[Path] = set()
+        self.final_log_tail = ""
         self.process: subprocess.Popen | None = None
         self.workdir: Path | None = None
         self.runtime: runtime_repository.RuntimeRepository | None = None
@@ -260,6 +261,8 @@ class EmbeddedTriton:
             self._reap_group()
             self._remove_leftover_shm()
             self.process = None
+        if code not in (0, None):
+            self.final_log_tail = self.log_tail()  # the log goes with the work folder
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import deque
 from pathlib import Path
 
+import psutil
 import pytest
 
 from rf_triton.export import sources
 from rf_triton.export.pipeline import export_model
 from rf_triton.export.triton_config import ServingOptions
 from rf_triton.serve.server import EmbeddedTriton, ServerStartError, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 
@@ -45,6 +55,86 @@ def triton(demo_repository):
         assert server.is_running(), f"tritonserver died during the tests:\n{server.log_tail()}"
     finally:
         server.stop()
+
+
+@pytest.fixture()
+def server_factory():
+    """Start extra embedded servers (own repositories, options); all are stopped at teardown."""
+    started: list[EmbeddedTriton] = []
+
+    def start(repository: Path, **kwargs) -> EmbeddedTriton:
+        started.append(start_server(repository, **kwargs))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+class ServeProcess:
+    """`rf-triton serve` in its own session, with its output in a file for failure reports."""
+
+    def __init__(self, repository: Path, log: Path) -> None:
+        self.ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+        self.log = log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "rf_triton", "serve", "--repository", str(repository),
+                 "--http-port", str(self.ports["http"]), "--grpc-port", str(self.ports["grpc"]),
+                 "--metrics-port", str(self.ports["metrics"])],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def tail(self, lines: int = 30) -> str:
+        with open(self.log, errors="replace") as f:
+            return "".join(deque(f, maxlen=lines))
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"rf-triton serve exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['http']}/v2/health/ready", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        pytest.fail(f"rf-triton serve not ready after {timeout_s} s:\n{self.tail()}")
+
+    def descendants(self) -> list[psutil.Process]:
+        return psutil.Process(self.proc.pid).children(recursive=True)
+
+    @staticmethod
+    def left_behind(processes: list[psutil.Process]) -> list[psutil.Process]:
+        """Those still running (zombies count as gone: nothing reaps orphans on these machines)."""
+        alive = []
+        for process in processes:
+            try:
+                if process.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(process)
+            except psutil.NoSuchProcess:
+                pass
+        return alive
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture()
+def serve(tmp_path):
+    """Start `rf-triton serve` processes; each is killed (process group) at teardown if still running."""
+    started = []
+
+    def start(repository: Path = ROOT / "model_repository") -> ServeProcess:
+        process = ServeProcess(repository, tmp_path / f"serve-{len(started)}.log")
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from collections import deque
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 
 from rf_triton.serve.server import free_port
@@ -23,63 +19,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "rf_triton"]
 
-
-class ServeProcess:
-    """`rf-triton serve` in its own session, with its output in a file for failure reports."""
-
-    def __init__(self, repository: Path, log: Path) -> None:
-        self.ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
-        self.log = log
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [*CLI, "serve", "--repository", str(repository), "--http-port", str(self.ports["http"]),
-                 "--grpc-port", str(self.ports["grpc"]), "--metrics-port", str(self.ports["metrics"])],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-
-    def tail(self, lines: int = 30) -> str:
-        with open(self.log, errors="replace") as f:
-            return "".join(deque(f, maxlen=lines))
-
-    def wait_ready(self, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"rf-triton serve exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['http']}/v2/health/ready", timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.2)
-        pytest.fail(f"rf-triton serve not ready after {timeout_s} s:\n{self.tail()}")
-
-    def descendants(self) -> list[psutil.Process]:
-        return psutil.Process(self.proc.pid).children(recursive=True)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-
-def gone(process: psutil.Process) -> bool:
-    try:
-        return process.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-@pytest.fixture()
-def serve(tmp_path):
-    started = []
-
-    def start(repository: Path = ROOT / "model_repository") -> ServeProcess:
-        process = ServeProcess(repository, tmp_path / f"serve-{len(started)}.log")
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.kill()
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -110,7 +49,7 @@ def test_serve_predict_and_stop_cleanly(stop_signal, serve, demo_model, tmp_path
 
     server.proc.send_signal(stop_signal)
     assert server.proc.wait(timeout=60) == 0, server.tail()
-    leftovers = [c for c in children if not gone(c)]
+    leftovers = server.left_behind(children)
     assert not leftovers, f"processes left behind: {leftovers}"
     assert "stopping tritonserver" in server.tail()
 
