@@ -314,12 +314,19 @@ def test_kustomization_lists_every_manifest():
     assert listed == sorted(p.name for p in folder.glob("*.yaml") if p.name != "kustomization.yaml")
 
 
+def without_key(arg: str) -> str:
+    """A restricted-API flag without its secret value (compose and Kubernetes inject it differently)."""
+    return arg.split("control-key=", 1)[0] if "restricted" in arg else arg
+
+
 def test_deployment_probes_ports_and_model_volume(compose):
     objects = {d["kind"]: d for _, d in manifests(DEPLOY / "kubernetes" / "plain")}
     pod = objects["Deployment"]["spec"]["template"]["spec"]
     (triton,) = pod["containers"]
     assert triton["image"] == compose["services"]["triton"]["image"]
-    assert set(compose["services"]["triton"]["command"][1:]) <= set(triton["args"][1:])
+    assert set(map(without_key, compose["services"]["triton"]["command"][1:])) <= set(map(without_key, triton["args"][1:]))
+    (key,) = [e for e in triton["env"] if e["name"] == "TRITON_CONTROL_KEY"]
+    assert key["valueFrom"]["secretKeyRef"]["key"] == "control-key"
     ports = {p["name"]: p["containerPort"] for p in triton["ports"]}
     assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
     assert triton["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}

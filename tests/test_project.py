@@ -36,3 +36,12 @@ def test_compose_serves_the_committed_repository():
         assert (ROOT / source).exists(), source
     assert ["./model_repository", "/models", "ro"] in mounts
     assert "--model-repository=/models" in triton["command"]
+
+
+def test_compose_locks_the_control_api_with_the_same_header_as_serve():
+    from rf_triton import CONTROL_KEY_HEADER
+
+    command = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["triton"]["command"]
+    rule = f"model-repository:{CONTROL_KEY_HEADER}=${{TRITON_CONTROL_KEY:?"
+    assert any(arg.startswith(f"--http-restricted-api={rule}") for arg in command)
+    assert any(arg.startswith(f"--grpc-restricted-protocol={rule}") for arg in command)

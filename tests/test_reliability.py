@@ -50,9 +50,11 @@ class Load:
     """A few threads sending 1-row predictions until stopped; every request is accounted for."""
 
     def __init__(self, url: str, rows: np.ndarray, valid_answers: list[np.ndarray], *, protocol: str = "http",
-                 threads: int = 4, retry: RetryPolicy = RetryPolicy(), max_s: float = 60.0) -> None:
+                 threads: int = 4, retry: RetryPolicy = RetryPolicy(), max_s: float = 60.0,
+                 rate_per_s: float | None = None) -> None:
         self.url, self.rows, self.valid, self.protocol = url, rows, valid_answers, protocol
         self.retry, self.max_s = retry, max_s
+        self.interval_s = threads / rate_per_s if rate_per_s else 0.0  # per thread, to hold the total rate
         self.report = LoadReport()
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -79,9 +81,15 @@ class Load:
         client = RandomForestClient(self.url, protocol=self.protocol, retry=self.retry, init_timeout_s=30)
         client.connect()
         deadline = time.monotonic() + self.max_s
+        next_send = time.monotonic()
         i = offset
         try:
             while not self.stopping.is_set() and time.monotonic() < deadline:
+                if self.interval_s:
+                    next_send += self.interval_s
+                    pause = next_send - time.monotonic()
+                    if pause > 0:
+                        time.sleep(pause)
                 index = i % len(self.rows)
                 i += 1
                 with self.lock:
@@ -312,3 +320,46 @@ def test_models_cli_lists_and_unloads(own_repository, server_factory):
         client.close()
     bad = runner.invoke(app, ["models", "load", MODEL, "--versions", "x", "--url", server.endpoints.http])
     assert bad.exit_code != 0 and "--versions" in bad.output
+
+
+def server_rss_bytes(server: EmbeddedTriton) -> dict[str, int]:
+    """Resident memory of tritonserver and each of its Python-backend stubs."""
+    root = psutil.Process(server.process.pid)
+    return {f"{p.name()}[{p.pid}]": p.memory_info().rss for p in [root, *root.children(recursive=True)]}
+
+
+SOAK_SECONDS = float(os.environ.get("RF_TRITON_SOAK_SECONDS", "180"))
+
+
+@pytest.mark.soak
+@pytest.mark.skipif(os.environ.get("RF_TRITON_SOAK") != "1",
+                    reason="opt-in soak: RF_TRITON_SOAK=1 python -m pytest -m soak -s tests/test_reliability.py")
+def test_soak_at_70_percent_of_capacity(own_repository, server_factory, demo_model, capsys):
+    """Minutes at ~70% of measured capacity: no failure, and memory flat after warm-up (< 5% growth)."""
+    server = server_factory(own_repository)
+    rows = demo_model.X_val[:400]
+    valid = [demo_model.estimator.predict(rows)]
+    with Load(server.endpoints.http, rows, valid, threads=8, retry=RetryPolicy(attempts=1)) as probe:
+        time.sleep(5.0)
+    capacity = probe.report.answered / 5.0
+    target = 0.7 * capacity
+    warm_up_s = min(30.0, SOAK_SECONDS / 4)
+    with Load(server.endpoints.http, rows, valid, threads=8, retry=RetryPolicy(attempts=1),
+              rate_per_s=target, max_s=SOAK_SECONDS + 30) as soak:
+        time.sleep(warm_up_s)
+        after_warm_up = server_rss_bytes(server)
+        sent_at_warm_up = soak.report.attempted
+        time.sleep(SOAK_SECONDS - warm_up_s)
+        at_end = server_rss_bytes(server)
+        sent = soak.report.attempted - sent_at_warm_up
+    growth = {name: (at_end[name] - rss) / rss for name, rss in after_warm_up.items() if name in at_end}
+    with capsys.disabled():
+        print(f"\nsoak: capacity {capacity:.0f} req/s (8 client threads), target {target:.0f} req/s, "
+              f"achieved {sent / (SOAK_SECONDS - warm_up_s):.0f} req/s over {SOAK_SECONDS - warm_up_s:.0f} s "
+              f"after a {warm_up_s:.0f} s warm-up; {soak.report.attempted} requests, {len(soak.report.errors)} failed")
+        for name in sorted(growth):
+            print(f"  {name}: RSS {after_warm_up[name] / 2**20:.1f} MiB -> {at_end[name] / 2**20:.1f} MiB "
+                  f"({growth[name] * 100:+.2f}%)")
+    assert soak.report.errors == [] and soak.report.wrong == []
+    assert set(at_end) == set(after_warm_up), "server processes changed during the soak"
+    assert max(growth.values()) < 0.05, growth
