@@ -13,6 +13,7 @@ them): --model, --rows-per-request, --grpc-host, --payload-csv. The HTTP address
 from __future__ import annotations
 
 import argparse
+import random
 import time
 import weakref
 
@@ -24,6 +25,7 @@ import tritonclient.http as httpclient
 from locust import User, events
 from locust.exception import StopTest
 
+from rf_triton.client.ab import normalised, parse_variant, parse_weights
 from rf_triton.client.client import RandomForestClient, split_url
 
 from .payload import random_rows, sample_csv_rows
@@ -56,6 +58,9 @@ def add_triton_arguments(parser) -> None:
                         help="rows in each inference request (at most the model's max_batch_size)")
     parser.add_argument("--grpc-host", default=DEFAULT_GRPC_HOST,
                         help="host:port of Triton's gRPC endpoint (the HTTP one is --host)")
+    parser.add_argument("--ab", default="",
+                        help="A/B split between versions or models, e.g. random_forest:1=0.9,random_forest:2=0.1; "
+                             "each request goes to one variant drawn by weight, reported under its own name")
     parser.add_argument("--payload-csv", default="",
                         help="CSV to draw request rows from (feature columns by name, or exactly the "
                              "model's feature count); random rows when empty")
@@ -80,6 +85,9 @@ class TritonUser(User):
         self.rows_per_request = int(self._option("rows_per_request", 1))
         self.payload_csv = self._option("payload_csv", "")
         self.request_name = f"infer {self.model} x{self.rows_per_request}"
+        self.ab = self._option("ab", "")
+        self.variants: list[tuple[str, str, str, float]] = []  # (name, model, version, cumulative share)
+        self._random = random.Random()
         self.client = None
         self.input_name = self.output_name = ""
         self.payload: np.ndarray | None = None
@@ -98,8 +106,8 @@ class TritonUser(User):
         """A tritonclient client for the hot path, owned by this user alone."""
         raise NotImplementedError
 
-    def infer_payload(self):
-        """Send the prepared payload once; return the tritonclient result."""
+    def infer_payload(self, model: str, version: str = ""):
+        """Send the prepared payload once to `model` (and `version`); return the tritonclient result."""
         raise NotImplementedError
 
     def on_start(self) -> None:
@@ -114,6 +122,9 @@ class TritonUser(User):
 
     def _prepare(self) -> None:
         """Describe the model, build this user's payload, and open the client the requests will use."""
+        if self.ab:
+            self.variants = _variants(self.ab)
+            self.model = self.variants[0][1]  # every variant takes the same input: describe the first
         with RandomForestClient(self.server_url(), protocol=self.protocol, model=self.model,
                                 timeout_s=self.network_timeout_s, init_timeout_s=self.model_ready_timeout_s) as model:
             n_features, feature_names, max_batch_size = model.n_features, model.feature_names, model.max_batch_size
@@ -144,30 +155,48 @@ class TritonUser(User):
             self.client.close()
             self.client = None
 
+    def _target(self) -> tuple[str, str, str]:
+        """(request name, model, version): this user's model, or an A/B variant drawn by weight."""
+        if not self.variants:
+            return self.request_name, self.model, ""
+        draw = self._random.random()
+        name, model, version, _ = next((v for v in self.variants if draw < v[3]), self.variants[-1])
+        return f"infer {name} x{self.rows_per_request}", model, version
+
     def send_inference(self) -> None:
         """One timed request with this user's payload, reported to Locust (response_length = rows returned).
 
         The time covers the round trip only; checking the answer afterwards is not charged to the server."""
+        name, model, version = self._target()
         started = time.perf_counter()
         try:
-            result = self.infer_payload()
+            result = self.infer_payload(model, version)
         except Exception as exc:
-            self._report(self.request_name, _elapsed_ms(started), 0, exc)
+            self._report(name, _elapsed_ms(started), 0, exc)
             return
         elapsed_ms = _elapsed_ms(started)
         predictions = result.as_numpy(self.output_name)
         if predictions is None or len(predictions) != self.rows_per_request:
             got = "no output" if predictions is None else f"{len(predictions)} rows"
             error = ValueError(f"expected {self.rows_per_request} predictions in {self.output_name!r}, got {got}")
-            self._report(self.request_name, elapsed_ms, 0, error)
+            self._report(name, elapsed_ms, 0, error)
         else:
-            self._report(self.request_name, elapsed_ms, len(predictions), None)
+            self._report(name, elapsed_ms, len(predictions), None)
 
     def _report(self, name: str, response_time_ms: float, response_length: int, exception: Exception | None) -> None:
         self.environment.events.request.fire(
             request_type=self.request_type, name=name, response_time=response_time_ms,
             response_length=response_length, exception=exception, context={},
         )
+
+
+def _variants(text: str) -> list[tuple[str, str, str, float]]:
+    """'--ab' text → [(variant, model, version, cumulative share)], checked as ABRouter checks them."""
+    variants, cumulative = [], 0.0
+    for variant, share in normalised(parse_weights(text)).items():
+        cumulative += share
+        variants.append((variant, *parse_variant(variant), cumulative))
+    return variants
 
 
 def _elapsed_ms(started: float) -> float:
@@ -195,8 +224,8 @@ class BaseTritonHttpUser(TritonUser):
         self._outputs = [httpclient.InferRequestedOutput(self.output_name, binary_data=True)]
         return client
 
-    def infer_payload(self):
-        return self.client.infer(self.model, self._inputs, outputs=self._outputs)
+    def infer_payload(self, model: str, version: str = ""):
+        return self.client.infer(model, self._inputs, model_version=version, outputs=self._outputs)
 
 
 class BaseTritonGrpcUser(TritonUser):
@@ -217,6 +246,6 @@ class BaseTritonGrpcUser(TritonUser):
         self._outputs = [grpcclient.InferRequestedOutput(self.output_name)]
         return client
 
-    def infer_payload(self):
-        return self.client.infer(self.model, self._inputs, outputs=self._outputs,
+    def infer_payload(self, model: str, version: str = ""):
+        return self.client.infer(model, self._inputs, model_version=version, outputs=self._outputs,
                                  client_timeout=self.network_timeout_s)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +10,7 @@ import numpy as np
 import pytest
 
 from rf_triton.loadtest.payload import PayloadError, csv_feature_table, random_rows, sample_csv_rows
+from rf_triton.loadtest.runner import LoadTestError, run_bounded
 from rf_triton.serve.server import EmbeddedTriton, free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -72,8 +70,7 @@ def test_unusable_csv_is_refused_with_a_reason(tmp_path, content, message):
 
 @pytest.fixture(scope="module")
 def triton():
-    server = EmbeddedTriton(MODEL_REPOSITORY, http_port=free_port(), grpc_port=free_port(),
-                            metrics_port=free_port())
+    server = EmbeddedTriton.on_free_ports(MODEL_REPOSITORY)
     try:
         server.start()
     except Exception as exc:
@@ -88,16 +85,10 @@ def triton():
 
 def run_locust(args: list[str], timeout_s: float = LOCUST_HARD_TIMEOUT_S) -> tuple[int, str]:
     """Run Locust in its own process group; kill the group by PID if it outlives `timeout_s`."""
-    process = subprocess.Popen([sys.executable, "-m", "locust", "-f", LOCUSTFILE, *args], cwd=PROJECT_ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               text=True, start_new_session=True)
     try:
-        output, _ = process.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"locust still running after {timeout_s} s; killed. Output tail:\n{output[-3000:]}")
-    return process.returncode, output
+        return run_bounded([sys.executable, "-m", "locust", "-f", str(PROJECT_ROOT / LOCUSTFILE), *args], timeout_s)
+    except LoadTestError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.mark.integration

@@ -1,0 +1,116 @@
+"""`rf-triton bench` and `rf-triton tune`: measure the serving path, and choose its batching configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..export.errors import ExportError
+from ..serve.runtime_repository import RepositoryError
+from ..serve.server import ServerStartError
+from ..serve.triton_binary import TritonNotAvailable
+from . import bench as bench_module
+from . import loadgen
+from . import tune as tune_module
+
+app = typer.Typer()
+console = Console()
+FAILURES = (ExportError, RepositoryError, ServerStartError, TritonNotAvailable, FileNotFoundError, RuntimeError)
+
+
+@app.command("bench")
+def bench(
+    repository: Annotated[Path, typer.Option(help="Canonical model repository (only read).")] = Path("model_repository"),
+    model: Annotated[str, typer.Option(help="Model to benchmark.")] = "random_forest",
+    out: Annotated[Path, typer.Option(help="Folder for bench.md (table), bench.png (plot) and bench.json.")] = Path("benchmarks/results"),
+    concurrency: Annotated[Optional[list[int]], typer.Option(
+        help="Concurrencies for 1-row requests; repeat for several (default: 1 4 16 64).")] = None,
+    large_rows: Annotated[int, typer.Option(help="Rows per large request (0 skips them).")] = 4096,
+    large_concurrency: Annotated[Optional[list[int]], typer.Option(
+        help="Concurrencies for large requests; repeat for several (default: 1 2).")] = None,
+    duration_s: Annotated[float, typer.Option(help="Measured seconds per point (wrk rounds to whole seconds).")] = 3.0,
+    warmup_s: Annotated[float, typer.Option(help="Warm-up seconds before each point.")] = 1.0,
+    inprocess_s: Annotated[float, typer.Option(help="Seconds per in-process ORT/sklearn point.")] = 1.0,
+    wrk: Annotated[bool, typer.Option(help="Use wrk for HTTP when installed (else tritonclient.http.aio).")] = True,
+    one_instance_sweep: Annotated[bool, typer.Option(
+        help="Also run the 1-row sweep on the single-instance variant (its large requests always run).")] = True,
+) -> None:
+    """Side by side in one run: in-process ONNX Runtime and sklearn, then the embedded Triton over HTTP
+    and gRPC, batching on and off, small and large requests; writes a Markdown table and a PNG plot."""
+    options = bench_module.BenchOptions(
+        repository=repository, model=model, out=out, concurrencies=tuple(concurrency or (1, 4, 16, 64)),
+        large_rows=large_rows, large_concurrencies=tuple(large_concurrency or (1, 2)), duration_s=duration_s,
+        warmup_s=warmup_s, inprocess_s=inprocess_s, use_wrk=wrk,
+        one_instance_sweep=one_instance_sweep)
+    if wrk and loadgen.wrk_path() is None:
+        console.print("[yellow]wrk not installed:[/] HTTP load comes from tritonclient.http.aio "
+                      "(slower; apt-get install wrk for capacity figures)")
+    try:
+        report = bench_module.run_bench(options, log=typer.echo)
+    except FAILURES as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    paths = bench_module.write_report(report, out)
+    typer.echo(bench_module.markdown(report))
+    typer.echo(f"wrote {paths['table']}, {paths['plot']}, {paths['json']}")
+
+
+@app.command("tune")
+def tune(
+    repository: Annotated[Path, typer.Option(help="Canonical model repository; only --apply writes to it.")] = Path("model_repository"),
+    model: Annotated[str, typer.Option(help="Model to tune.")] = "random_forest",
+    concurrency: Annotated[int, typer.Option(help="Requests kept in flight while measuring.")] = 64,
+    p99_budget_ms: Annotated[float, typer.Option(help="Largest p99 latency (ms) a configuration may have.")] = 10.0,
+    queue_delay_us: Annotated[Optional[list[int]], typer.Option(
+        help="Max queue delays (µs) to try; repeat for several (default: 0 100 500 2000).")] = None,
+    instances: Annotated[Optional[list[int]], typer.Option(
+        help="Instance counts to try; repeat for several (default: 1 2 4).")] = None,
+    preferred_batch_size: Annotated[Optional[list[int]], typer.Option(
+        help="Also try each candidate with this single preferred batch size; repeat for several.")] = None,
+    protocol: Annotated[str, typer.Option(help="http (wrk when installed) or grpc (grpc.aio).")] = "http",
+    rows_per_request: Annotated[int, typer.Option(help="Rows in each request.")] = 1,
+    duration_s: Annotated[float, typer.Option(help="Measured seconds per configuration.")] = 3.0,
+    warmup_s: Annotated[float, typer.Option(help="Warm-up seconds per configuration.")] = 1.0,
+    budget_s: Annotated[float, typer.Option(help="Stop starting new configurations after this many seconds.")] = 300.0,
+    apply: Annotated[bool, typer.Option(help="Write the best configuration into the canonical config.pbtxt.")] = False,
+) -> None:
+    """Sweep max queue delay × instance count (× preferred batch size) on the embedded server, restarting it
+    per configuration, and pick the highest throughput whose p99 stays within --p99-budget-ms."""
+    if protocol not in ("http", "grpc"):
+        typer.echo("error: --protocol must be http or grpc", err=True)
+        raise typer.Exit(1)
+    options = tune_module.TuneOptions(
+        repository=repository, model=model, concurrency=concurrency, p99_budget_ms=p99_budget_ms,
+        queue_delays_us=tuple(queue_delay_us or (0, 100, 500, 2000)), instances=tuple(instances or (1, 2, 4)),
+        preferred=((),) + tuple((size,) for size in preferred_batch_size or ()), protocol=protocol,
+        rows_per_request=rows_per_request, duration_s=duration_s, warmup_s=warmup_s, budget_s=budget_s)
+    typer.echo(f"tuning {model} at concurrency {concurrency} over {protocol}, p99 budget {p99_budget_ms:g} ms")
+    results, skipped = tune_module.sweep(options, log=typer.echo)
+    chosen = tune_module.best(results, p99_budget_ms)
+    table = Table(title=f"rf-triton tune: concurrency {concurrency}, {rows_per_request} row(s)/request, {protocol}")
+    for column in ("delay µs", "inst", "pref", "infer/sec", "p50 ms", "p99 ms", "batch", "errors", "fits"):
+        table.add_column(column, justify="right")
+    for r in results:
+        c = r.candidate
+        figures = ([r.error, "", "", "", ""] if r.error else
+                   [f"{r.throughput:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.avg_batch:.1f}", str(r.errors)])
+        mark = "best" if r is chosen else ("yes" if r.within(p99_budget_ms) else "no")
+        table.add_row(str(c.max_queue_delay_us), str(c.instances), str(list(c.preferred_batch_sizes) or "-"), *figures, mark)
+    console.print(table)
+    if skipped:
+        console.print(f"[yellow]{skipped} configuration(s) skipped: --budget-s {budget_s:g} reached[/]")
+    if chosen is None:
+        typer.echo(f"error: no configuration kept p99 within {p99_budget_ms:g} ms without failures", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"best: {chosen.candidate.label()} — {chosen.throughput:,.0f} req/s, p99 {chosen.p99_ms:.2f} ms")
+    if apply:
+        try:
+            path = tune_module.apply(repository, model, chosen.candidate)
+        except FAILURES as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"wrote {path}")

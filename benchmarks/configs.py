@@ -1,0 +1,60 @@
+"""Serving variants of one model for the benchmark and the tuner, written through export's protobuf path.
+
+A variant is a copy of the model's folder whose config.pbtxt went through read_config →
+build_config(existing=...) → write_config, exactly as `rf-triton export` updates a config, so a
+variant differs from the canonical config only in the options named.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from ..export.onnx_convert import GraphSignature
+from ..export.triton_config import CONFIG_FILENAME, ServingOptions, build_config, read_config, write_config
+
+
+def graph_of(config: mc.ModelConfig) -> GraphSignature:
+    """The graph signature a config already declares (one input, one output)."""
+    (model_input,), model_output = config.input, config.output[0]
+    return GraphSignature(model_input.name, list(model_input.dims), model_output.name, list(model_output.dims))
+
+
+def retune(config: mc.ModelConfig, options: ServingOptions, *, dynamic_batching: bool = True) -> mc.ModelConfig:
+    """`config` with `options` applied as export applies them; without dynamic batching if asked."""
+    updated = build_config(config.name, graph_of(config), options, {}, existing=config)
+    if not dynamic_batching:
+        updated.ClearField("dynamic_batching")
+    return updated
+
+
+def rewrite_config(model_dir: Path, options: ServingOptions, *, dynamic_batching: bool = True) -> mc.ModelConfig:
+    """Apply `options` to model_dir/config.pbtxt in place (atomically) and return the new config."""
+    path = model_dir / CONFIG_FILENAME
+    config = retune(read_config(path), options, dynamic_batching=dynamic_batching)
+    write_config(path, config)
+    return config
+
+
+def variant_repository(repository: Path, model: str, target: Path, options: ServingOptions, *,
+                       dynamic_batching: bool = True) -> mc.ModelConfig:
+    """A repository at `target` holding only `model`, with its config rewritten; the source is only read."""
+    source = repository / model
+    if not (source / CONFIG_FILENAME).is_file():
+        raise FileNotFoundError(f"model {model!r} not found in {repository} (no {source / CONFIG_FILENAME})")
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(source, target / model, ignore=shutil.ignore_patterns(".*"))
+    return rewrite_config(target / model, options, dynamic_batching=dynamic_batching)
+
+
+def describe(config: mc.ModelConfig) -> str:
+    """'2×CPU, batching ≤100 µs' — what a table row needs to say about the serving config."""
+    instances = sum(group.count for group in config.instance_group) or 2
+    if not config.HasField("dynamic_batching"):
+        return f"{instances} inst, no batching"
+    batching = config.dynamic_batching
+    preferred = f", pref {list(batching.preferred_batch_size)}" if batching.preferred_batch_size else ""
+    return f"{instances} inst, batching ≤{batching.max_queue_delay_microseconds} µs{preferred}"

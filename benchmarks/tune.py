@@ -1,0 +1,138 @@
+"""`rf-triton tune`: sweep the batching configuration on this machine and pick the best within a p99 budget.
+
+Like Triton's model_analyzer, narrowed to this model: each candidate (max queue delay × instance
+count × preferred batch sizes) is written into a copy of the repository through export's protobuf
+path, served by a fresh embedded server, loaded at one concurrency, and measured. The best is the
+highest throughput whose p99 stays within the budget and that failed no request.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..export.triton_config import CONFIG_FILENAME, ServingOptions
+from ..loadtest.summary import ServerBreakdown, try_scrape
+from ..serve.server import EmbeddedTriton
+from . import configs, loadgen
+
+
+@dataclass(frozen=True)
+class Candidate:
+    max_queue_delay_us: int
+    instances: int
+    preferred_batch_sizes: tuple[int, ...] = ()
+
+    def options(self) -> ServingOptions:
+        return ServingOptions(max_queue_delay_us=self.max_queue_delay_us, instances=self.instances,
+                              preferred_batch_sizes=self.preferred_batch_sizes)
+
+    def label(self) -> str:
+        preferred = f", preferred {list(self.preferred_batch_sizes)}" if self.preferred_batch_sizes else ""
+        return f"delay {self.max_queue_delay_us} µs, {self.instances} inst{preferred}"
+
+
+@dataclass
+class TuneResult:
+    candidate: Candidate
+    throughput: float = math.nan
+    p50_ms: float = math.nan
+    p99_ms: float = math.nan
+    avg_batch: float = math.nan
+    errors: int = 0
+    generator: str = ""
+    error: str = ""  # the server did not start or the load failed
+
+    def within(self, p99_budget_ms: float) -> bool:
+        return not self.error and self.errors == 0 and self.p99_ms <= p99_budget_ms
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    repository: Path
+    model: str
+    concurrency: int
+    p99_budget_ms: float
+    queue_delays_us: tuple[int, ...]
+    instances: tuple[int, ...]
+    preferred: tuple[tuple[int, ...], ...] = ((),)
+    protocol: str = "http"
+    rows_per_request: int = 1
+    duration_s: float = 3.0
+    warmup_s: float = 1.0
+    budget_s: float = 300.0
+
+
+def candidates(options: TuneOptions) -> list[Candidate]:
+    return [Candidate(delay, count, preferred) for delay, count, preferred
+            in itertools.product(options.queue_delays_us, options.instances, options.preferred)]
+
+
+def sweep(options: TuneOptions, log=print) -> tuple[list[TuneResult], int]:
+    """Measure candidates until they are done or the next one would overrun the budget; (results, skipped)."""
+    started = time.monotonic()
+    results: list[TuneResult] = []
+    todo = candidates(options)
+    for position, candidate in enumerate(todo):
+        elapsed = time.monotonic() - started
+        per_candidate = elapsed / position if position else 0.0
+        if position and elapsed + per_candidate > options.budget_s:
+            log(f"budget of {options.budget_s:g} s reached: {len(todo) - position} configuration(s) not measured")
+            return results, len(todo) - position
+        result = measure_candidate(options, candidate)
+        results.append(result)
+        log(f"  {candidate.label():40} " + (f"error: {result.error}" if result.error else
+            f"{result.throughput:9,.0f} req/s  p99 {result.p99_ms:6.2f} ms  batch {result.avg_batch:5.1f}"))
+    return results, 0
+
+
+def measure_candidate(options: TuneOptions, candidate: Candidate) -> TuneResult:
+    result = TuneResult(candidate)
+    with tempfile.TemporaryDirectory(prefix="rf-triton-tune-") as tmp:
+        repository = Path(tmp) / "repo"
+        try:
+            config = configs.variant_repository(options.repository, options.model, repository, candidate.options())
+        except Exception as exc:  # an impossible candidate (e.g. preferred size > max_batch_size)
+            result.error = str(exc)
+            return result
+        server = EmbeddedTriton.on_free_ports(repository)
+        try:
+            server.start(ready_timeout_s=60)
+            target = loadgen.Target(server.endpoints.http, server.endpoints.grpc, options.model,
+                                    config.input[0].name, config.output[0].name)
+            payload = np.random.default_rng(0).standard_normal(
+                (options.rows_per_request, int(config.input[0].dims[0])), dtype=np.float32)
+            if options.warmup_s > 0:
+                loadgen.run_load(options.protocol, target, payload, options.concurrency, options.warmup_s, warmup_s=0)
+            before, _ = try_scrape(server.endpoints.metrics, options.model)
+            load = loadgen.run_load(options.protocol, target, payload, options.concurrency, options.duration_s,
+                                    warmup_s=0)
+            after, _ = try_scrape(server.endpoints.metrics, options.model)
+        except Exception as exc:
+            result.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return result
+        finally:
+            server.stop()
+    result.throughput, result.p50_ms, result.p99_ms = load.throughput, load.p50_ms, load.p99_ms
+    result.errors, result.generator = load.errors, load.generator
+    if before and after:
+        result.avg_batch = ServerBreakdown.from_delta(after - before).avg_batch_size
+    return result
+
+
+def best(results: list[TuneResult], p99_budget_ms: float) -> TuneResult | None:
+    """Highest throughput within the p99 budget; ties go to the lower p99."""
+    fitting = [r for r in results if r.within(p99_budget_ms)]
+    return max(fitting, key=lambda r: (r.throughput, -r.p99_ms)) if fitting else None
+
+
+def apply(repository: Path, model: str, candidate: Candidate) -> Path:
+    """Write the chosen batching into the canonical config.pbtxt (read_config → build_config → write_config)."""
+    configs.rewrite_config(repository / model, candidate.options())
+    return repository / model / CONFIG_FILENAME

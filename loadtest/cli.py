@@ -1,0 +1,96 @@
+"""`rf-triton loadtest`: the Locust suite headless, ending with one table of client and server figures."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+from urllib.parse import urlsplit
+
+import typer
+from rich.console import Console
+
+from ..client.client import split_url
+from ..serve.runtime_repository import RepositoryError
+from ..serve.server import EmbeddedTriton, ServerStartError
+from ..serve.triton_binary import TritonNotAvailable
+from .runner import USER_CLASSES, LoadTestError, LoadTestOptions, run_loadtest, validate
+from .summary import summary_table
+
+app = typer.Typer()
+console = Console()
+status = Console(stderr=True)
+
+
+def default_addresses(url: str) -> tuple[str, str]:
+    """Triton's default gRPC and metrics addresses on the host of `url` (ports 8001 and 8002)."""
+    host = urlsplit(url if "://" in url else f"http://{url}").hostname or "127.0.0.1"
+    return f"{host}:8001", f"http://{host}:8002/metrics"
+
+
+@contextlib.contextmanager
+def _server(serve: bool, repository: Path):
+    """The embedded server on free ports when --serve asks for it, stopped afterwards; else nothing."""
+    if not serve:
+        yield None
+        return
+    server = EmbeddedTriton.on_free_ports(repository)
+    with status.status(f"starting tritonserver on {repository}"):
+        server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@app.command("loadtest")
+def loadtest(
+    url: Annotated[str, typer.Option(help="Triton HTTP endpoint (embedded server or stock container).")] = "http://127.0.0.1:8000",
+    grpc_url: Annotated[Optional[str], typer.Option(help="Triton gRPC host:port (default: --url's host, port 8001).")] = None,
+    metrics_url: Annotated[Optional[str], typer.Option(
+        help="Triton Prometheus endpoint for the server-side breakdown (default: --url's host, port 8002).")] = None,
+    users: Annotated[int, typer.Option(help="Concurrent Locust users; each keeps one request in flight.")] = 8,
+    spawn_rate: Annotated[float, typer.Option(help="Users started per second.")] = 8.0,
+    run_time: Annotated[str, typer.Option(help="How long to run, in Locust's format: 20s, 2m, 1m30s.")] = "20s",
+    protocol: Annotated[str, typer.Option(help=f"Users to run: {'|'.join(USER_CLASSES)} (both splits users evenly).")] = "both",
+    rows_per_request: Annotated[int, typer.Option(help="Rows in each request.")] = 1,
+    model: Annotated[str, typer.Option(help="Triton model name.")] = "random_forest",
+    payload_csv: Annotated[Optional[Path], typer.Option(help="CSV to draw request rows from; random rows when absent.")] = None,
+    ab: Annotated[Optional[str], typer.Option(
+        help="A/B split, e.g. random_forest:1=0.9,random_forest:2=0.1: each request goes to one variant "
+             "drawn by weight, and Locust reports each variant under its own name.")] = None,
+    csv: Annotated[Optional[Path], typer.Option(help="Keep Locust's CSV statistics under this prefix.")] = None,
+    html: Annotated[Optional[Path], typer.Option(help="Write Locust's HTML report here.")] = None,
+    summary_json: Annotated[Optional[Path], typer.Option(help="Also write the summary figures as JSON here.")] = None,
+    serve: Annotated[bool, typer.Option(help="Start the embedded server on free ports for the run, and stop it after.")] = False,
+    repository: Annotated[Path, typer.Option(help="Model repository the embedded server serves (with --serve).")] = Path("model_repository"),
+) -> None:
+    """Run the Locust suite headless against Triton and print requests/s, rows/s, failures, latency
+    percentiles and Triton's own breakdown (queue, compute, batch size) over the run.
+
+    Exits 1 if any request failed or the run did not complete.
+    """
+    try:
+        with _server(serve, repository) as server:
+            if server is not None:
+                url, grpc_url, metrics_url = f"http://{server.endpoints.http}", server.endpoints.grpc, server.endpoints.metrics
+            split_url(url, "http")
+            default_grpc, default_metrics = default_addresses(url)
+            options = LoadTestOptions(url if "://" in url else f"http://{url}", grpc_url or default_grpc,
+                                      metrics_url or default_metrics, users, spawn_rate, run_time, protocol, model,
+                                      rows_per_request, csv, html, payload_csv, ab)
+            validate(options)
+            with status.status(f"Locust: {users} users over {protocol} for {run_time}"):
+                result = run_loadtest(options)
+    except (ValueError, LoadTestError, TritonNotAvailable, RepositoryError, ServerStartError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    console.print(summary_table(result.summary))
+    if summary_json:
+        summary_json.write_text(json.dumps(result.summary.to_dict(), indent=2))
+    failures = result.summary.total.failure_count
+    if result.returncode != 0 or failures:
+        tail = "\n".join(result.output.strip().splitlines()[-15:])
+        typer.echo(f"error: locust exited with {result.returncode}, {failures} failed requests\n{tail}", err=True)
+        raise typer.Exit(1)

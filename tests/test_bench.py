@@ -1,0 +1,95 @@
+"""`rf-triton bench`: the load generators, the target verdicts, and a tiny real sweep with its table and plot."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from rf_triton.benchmarks import loadgen
+from rf_triton.benchmarks.bench import CANONICAL, BenchRow, evaluate_targets
+from rf_triton.cli import app
+
+runner = CliRunner()
+
+
+def served(configuration, protocol, concurrency, rows, throughput, p50, p99, ratio=float("nan"), batching=True):
+    return BenchRow(configuration, "test", protocol, concurrency, rows, throughput, p50, p99, throughput * rows,
+                    ratio=ratio, batching=batching)
+
+
+def test_targets_are_judged_on_the_canonical_config_and_others_are_listed():
+    rows = [
+        served(CANONICAL, "http", 64, 1, 12_000, 4.0, 11.0),  # fast enough but p99 over 10 ms
+        served(CANONICAL, "http", 1, 1, 1_800, 0.55, 1.0),
+        served(CANONICAL, "grpc", 1, 4096, 60, 15, 17, ratio=0.85),
+        served("Triton, batching off", "http", 64, 1, 3_000, 20, 40, batching=False),
+        served("Triton, batching off", "http", 1, 1, 3_000, 0.3, 1.0, batching=False),
+        served("Triton, 1 instance", "grpc", 2, 4096, 70, 28, 30, ratio=0.95),
+    ]
+    c64, large, c1, gain = evaluate_targets(rows, 4096)
+    assert c64["met"] is False and "12,000 req/s, p99 11.00 ms" in c64["measured"]
+    assert large["met"] is False and "Triton, 1 instance: 95% at c2" in large["others"] and "(met)" in large["others"]
+    assert c1["met"] is False and "Triton, batching off: p50 0.300 ms (met)" in c1["others"]
+    assert gain["met"] is True and gain["measured"].startswith("4.00×")
+
+
+def test_unmeasured_targets_say_so():
+    targets = evaluate_targets([served(CANONICAL, "http", 4, 1, 100, 1, 2)], 4096)
+    assert [t["met"] for t in targets] == [None] * 4
+    assert all(t["measured"] == "not measured" for t in targets)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("generator", ["wrk", "tritonclient.http.aio", "grpc.aio"])
+def test_load_generators_send_real_requests_without_errors(triton, generator):
+    if generator == "wrk" and loadgen.wrk_path() is None:
+        pytest.skip("wrk not installed (the bench falls back to tritonclient.http.aio)")
+    target = loadgen.Target(triton.endpoints.http, triton.endpoints.grpc, "random_forest", "X", "variable")
+    rows = np.random.default_rng(0).standard_normal((3, 5), dtype=np.float32)
+    run = {"wrk": loadgen.run_wrk, "tritonclient.http.aio": loadgen.run_http_aio, "grpc.aio": loadgen.run_grpc}[generator]
+    result = run(target, rows, 2, 1.0, warmup_s=0.2)
+    assert result.generator.startswith(generator)
+    assert result.requests > 0 and result.errors == 0
+    assert result.rows_per_s == pytest.approx(3 * result.throughput)
+    assert 0 < result.p50_ms <= result.p99_ms
+
+
+@pytest.mark.integration
+def test_load_generator_counts_refused_requests_as_errors(triton):
+    """A payload the server refuses (wrong feature count) must show as errors, not as throughput."""
+    target = loadgen.Target(triton.endpoints.http, triton.endpoints.grpc, "random_forest", "X", "variable")
+    result = loadgen.run_grpc(target, np.zeros((1, 4), dtype=np.float32), 1, 0.5, warmup_s=0)
+    assert result.requests > 0 and result.errors == result.requests and result.throughput == 0
+
+
+@pytest.mark.integration
+def test_tiny_bench_writes_the_table_and_the_plot(demo_repository, tmp_path):
+    out = tmp_path / "results"
+    result = runner.invoke(app, [
+        "bench", "--repository", str(demo_repository), "--out", str(out), "--concurrency", "1", "--concurrency", "2",
+        "--large-rows", "64", "--large-concurrency", "1", "--duration-s", "1", "--warmup-s", "0.2",
+        "--inprocess-s", "0.1", "--no-one-instance-sweep",
+    ])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "bench.json").read_text())
+    rows = report["rows"]
+    configurations = {r["configuration"] for r in rows}
+    assert {CANONICAL, "Triton, batching off", "Triton, 1 instance", "ORT in-process, 1 thread",
+            "sklearn predict, 1 thread"} <= configurations
+    triton_rows = [r for r in rows if r["protocol"] in ("http", "grpc")]
+    assert {(r["configuration"], r["protocol"], r["concurrency"], r["rows_per_request"]) for r in triton_rows} == {
+        *((c, p, n, 1) for c in (CANONICAL, "Triton, batching off") for p in ("http", "grpc") for n in (1, 2)),
+        *((c, p, 1, 64) for c in (CANONICAL, "Triton, 1 instance") for p in ("http", "grpc")),
+    }
+    for r in triton_rows:
+        assert r["errors"] == 0 and r["throughput"] > 0, r
+        assert r["ratio"] > 0 and r["reference"].startswith("ORT"), r
+        assert r["avg_batch"] >= 1, r
+    assert [r["avg_batch"] for r in triton_rows if r["rows_per_request"] == 64] == [64.0] * 4
+    table = (out / "bench.md").read_text()
+    assert "| throughput (infer/sec) |" in table and "| target |" in table
+    assert table.count(f"| {CANONICAL} |") == 6
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
