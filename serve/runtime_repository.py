@@ -41,7 +41,7 @@ def derive(canonical: Path, runtime: Path) -> RuntimeRepository:
     if not canonical.is_dir():
         raise RepositoryError(f"model repository not found: {canonical}")
     result = RuntimeRepository(runtime)
-    for model_dir in sorted(p for p in canonical.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for model_dir in model_dirs(canonical):
         config_path = model_dir / CONFIG_FILENAME
         if not config_path.is_file():
             raise RepositoryError(f"{model_dir} has no {CONFIG_FILENAME}")
@@ -55,7 +55,7 @@ def derive(canonical: Path, runtime: Path) -> RuntimeRepository:
             raise RepositoryError(f"model {model_dir.name} has no version folder (e.g. {model_dir}/1)")
         if config.backend == "python":
             shutil.copytree(model_dir, runtime / model_dir.name, symlinks=True)
-        elif config.backend in ONNX_BACKENDS or config.platform in ONNX_PLATFORMS:
+        elif is_onnx(config):
             _translate_onnx_model(model_dir, config, available, runtime / model_dir.name, result.warnings)
         else:
             result.warnings.append(f"model {model_dir.name} skipped: backend "
@@ -66,6 +66,20 @@ def derive(canonical: Path, runtime: Path) -> RuntimeRepository:
     if not result.models:
         raise RepositoryError(f"no model in {canonical} can be served by the embedded server")
     return result
+
+
+def model_dirs(canonical: Path) -> list[Path]:
+    """The model folders of a repository (hidden ones are staging folders of an export in progress)."""
+    return sorted(p for p in canonical.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def is_onnx(config: mc.ModelConfig) -> bool:
+    return config.backend in ONNX_BACKENDS or config.platform in ONNX_PLATFORMS
+
+
+def embeddable(config: mc.ModelConfig) -> bool:
+    """Whether the embedded server (Python backend only) can serve this model; others are skipped."""
+    return config.backend == "python" or is_onnx(config)
 
 
 def python_backend_config(config: mc.ModelConfig, warnings: list[str]) -> mc.ModelConfig:
@@ -104,7 +118,7 @@ def _translate_onnx_model(source: Path, config: mc.ModelConfig, available: list[
 def canonical_state(canonical: Path) -> tuple:
     """A cheap fingerprint of the canonical repository: what changes when a version or config does."""
     state = []
-    for model_dir in sorted(p for p in canonical.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for model_dir in model_dirs(canonical):
         for entry in sorted(model_dir.iterdir()):
             if entry.name.startswith("."):
                 continue

@@ -60,28 +60,44 @@ class TritonInstall:
 
 def locate() -> TritonInstall:
     """The installed wheel's server, after checking this machine can run it."""
+    check_platform()
+    install = wheel_install()
+    if not install.binary.is_file():
+        raise TritonNotAvailable(f"no tritonserver binary at {install.binary}; reinstall nvidia-pytriton")
+    if not install.stub.is_file():
+        raise TritonNotAvailable(f"nvidia-pytriton has no Python backend stub for Python "
+                                 f"{sys.version_info.major}.{sys.version_info.minor} ({install.stub})")
+    check_shared_libpython()
+    return install
+
+
+def check_platform() -> str:
+    """Linux x86_64 with glibc >= 2.35, what the wheel is built for; returns a description of this one."""
     if sys.platform != "linux" or platform.machine() not in {"x86_64", "AMD64"}:
         raise TritonNotAvailable(f"the nvidia-pytriton server runs on Linux x86_64 only, not {sys.platform} "
                                  f"{platform.machine()}; use the stock container instead (docker-compose.yml)")
     libc, version = platform.libc_ver()
     if libc == "glibc" and _version_tuple(version) < (2, 35):
         raise TritonNotAvailable(f"the nvidia-pytriton server needs glibc >= 2.35, this system has {version}")
+    return f"{sys.platform} {platform.machine()}, {libc or 'unknown libc'} {version}".rstrip()
+
+
+def wheel_install() -> TritonInstall:
+    """Where the nvidia-pytriton wheel put the server; nothing in it is checked yet."""
     try:
         import pytriton
     except ImportError:
         raise TritonNotAvailable("nvidia-pytriton is not installed: pip install nvidia-pytriton") from None
     package = Path(pytriton.__file__).parent
-    install = TritonInstall(root=package / "tritonserver", libs=package.parent / "nvidia_pytriton.libs")
-    if not install.binary.is_file():
-        raise TritonNotAvailable(f"no tritonserver binary at {install.binary}; reinstall nvidia-pytriton")
-    if not install.stub.is_file():
-        raise TritonNotAvailable(f"nvidia-pytriton has no Python backend stub for Python "
-                                 f"{sys.version_info.major}.{sys.version_info.minor} ({install.stub})")
+    return TritonInstall(root=package / "tritonserver", libs=package.parent / "nvidia_pytriton.libs")
+
+
+def check_shared_libpython() -> None:
+    """The Python-backend stub embeds libpython: a static-only Python cannot host it."""
     if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
         raise TritonNotAvailable(
             f"this Python ({sys.executable}) was built without a shared libpython, which the Python-backend "
             "stub needs; use a Python built with --enable-shared (e.g. PYTHON_CONFIGURE_OPTS=--enable-shared for pyenv)")
-    return install
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# HTTP/REST (KServe v2 protocol) with nothing but curl: readiness, model metadata, then the same two
+# rows predicted once with JSON tensor data and once with Triton's binary tensor data extension.
+#
+# Usage: examples/curl_http.sh [HOST:PORT]
+#   address: the argument, else $RF_TRITON_URL, else 127.0.0.1:8000 (the HTTP port)
+#   RF_TRITON_MODEL (random_forest), RF_TRITON_INPUT (X), RF_TRITON_OUTPUT (variable): what rf-triton export writes
+set -euo pipefail
+
+URL="${1:-${RF_TRITON_URL:-127.0.0.1:8000}}"
+URL="${URL#http://}"
+MODEL="${RF_TRITON_MODEL:-random_forest}"
+INPUT="${RF_TRITON_INPUT:-X}"
+OUTPUT="${RF_TRITON_OUTPUT:-variable}"
+BASE="http://${URL}/v2/models/${MODEL}"
+
+# Two rows of the demo model's five features (the same rows as python_client.py's SAMPLE_ROWS).
+ROWS_JSON='[[0.5, -1.25, 0.25, 1.5, -0.75], [-0.5, 1.0, -1.5, 0.125, 2.0]]'
+# The same ten values as little-endian FP32 bytes, row after row: what binary tensor data carries.
+ROWS_FP32='\x00\x00\x00\x3f\x00\x00\xa0\xbf\x00\x00\x80\x3e\x00\x00\xc0\x3f\x00\x00\x40\xbf'\
+'\x00\x00\x00\xbf\x00\x00\x80\x3f\x00\x00\xc0\xbf\x00\x00\x00\x3e\x00\x00\x00\x40'
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+# request OUTFILE URL [curl options...]: the body goes to OUTFILE; a refusal ends the script with Triton's message.
+request() {
+    local out="$1" url="$2" status
+    shift 2
+    if ! status="$(curl --silent --show-error --max-time 30 --output "$out" --write-out '%{http_code}' "$@" "$url")"; then
+        echo "error: no answer from $url" >&2
+        exit 1
+    fi
+    if [[ "$status" != 2* ]]; then
+        echo "error: $url answered HTTP $status: $(head -c 500 "$out")" >&2
+        exit 1
+    fi
+}
+
+request "$work/ready" "http://${URL}/v2/health/ready"
+echo "server ready at http://${URL}"
+
+request "$work/metadata.json" "$BASE"
+echo "metadata: $(cat "$work/metadata.json")"
+
+# 1. JSON: the tensor's values are listed in "data" (nested lists are flattened by Triton).
+cat > "$work/request.json" <<JSON
+{"inputs": [{"name": "$INPUT", "shape": [2, 5], "datatype": "FP32", "data": $ROWS_JSON}],
+ "outputs": [{"name": "$OUTPUT"}]}
+JSON
+request "$work/response.json" "$BASE/infer" -H 'Content-Type: application/json' --data-binary "@$work/request.json"
+echo "json response: $(cat "$work/response.json")"
+predictions="$(grep -o '"data":\[[^]]*\]' "$work/response.json" | sed 's/"data":\[//; s/\]//; s/,/ /g')"
+echo "json predictions: $predictions"
+
+# 2. Binary: a JSON header whose length goes in Inference-Header-Content-Length, then the raw tensor
+#    bytes (binary_data_size of them); "binary_data": true asks for the output in binary the same way.
+header="{\"inputs\":[{\"name\":\"$INPUT\",\"shape\":[2,5],\"datatype\":\"FP32\",\"parameters\":{\"binary_data_size\":40}}],\
+\"outputs\":[{\"name\":\"$OUTPUT\",\"parameters\":{\"binary_data\":true}}]}"
+{ printf '%s' "$header"; printf "$ROWS_FP32"; } > "$work/request.bin"
+request "$work/response.bin" "$BASE/infer" --dump-header "$work/headers.txt" \
+    -H 'Content-Type: application/octet-stream' -H "Inference-Header-Content-Length: ${#header}" \
+    --data-binary "@$work/request.bin"
+json_length="$(grep -i '^Inference-Header-Content-Length:' "$work/headers.txt" | tr -dc '0-9')"
+echo "binary response header: $(head -c "$json_length" "$work/response.bin")"
+# The output bytes follow the JSON header: little-endian FP32, which od reads natively on x86_64.
+predictions="$(tail -c +"$((json_length + 1))" "$work/response.bin" | od -An -v -tf4 | xargs)"
+echo "binary predictions: $predictions"

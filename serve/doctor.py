@@ -1,0 +1,369 @@
+"""`rf-triton doctor`: can this machine serve this repository? One table, with a fix for each failure.
+
+Each check is a row (OK, FAIL or WARN) so that a newcomer sees at once everything that stands
+between them and a running server, instead of meeting the problems one by one at `serve` time.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from tritonclient.grpc import model_config_pb2 as mc
+
+from ..export import fil, onnx_convert
+from ..export.errors import ExportError
+from ..export.onnx_convert import GraphSignature
+from ..export.repository import versions
+from ..export.triton_config import CONFIG_FILENAME, FIL_FILENAME, ONNX_FILENAME, PLATFORM_BACKENDS, read_config
+from . import runtime_repository, triton_binary
+from .runtime_repository import RepositoryError
+from .server import EmbeddedTriton, ServerStartError, port_in_use
+from .triton_binary import TritonInstall, TritonNotAvailable
+
+app = typer.Typer()
+
+OK, FAIL, WARN = "OK", "FAIL", "WARN"
+STYLES = {OK: "green", FAIL: "bold red", WARN: "yellow"}
+SHM_MIN_FREE_MIB = 64  # the Python backend's stubs map 1 MiB regions per instance and grow them per request
+HELP_TIMEOUT_S = 30.0
+MODEL_FILENAMES = {"onnxruntime": ONNX_FILENAME, "fil": FIL_FILENAME, "python": "model.py"}
+GRAPH_READERS = {"onnxruntime": ("ONNX graph", onnx_convert.signature), "fil": ("treelite checkpoint", fil.signature)}
+REEXPORT = "re-export it: rf-triton export --repository {repository} --name {name} (add --format fil for FIL)"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+
+# -- the machine ------------------------------------------------------------------------------------
+
+
+def check_platform() -> Check:
+    try:
+        return Check("platform", OK, triton_binary.check_platform())
+    except TritonNotAvailable as exc:
+        return Check("platform", FAIL, str(exc), "use Linux x86_64 with glibc >= 2.35, or the stock container: "
+                                                 "docker compose up triton")
+
+
+def check_server_binary() -> tuple[Check, TritonInstall | None]:
+    """The wheel's tritonserver must not only exist but start: `--help` loads all its libraries."""
+    name, reinstall = "tritonserver", "reinstall it: .venv/bin/pip install --force-reinstall nvidia-pytriton"
+    try:
+        install = triton_binary.wheel_install()
+    except TritonNotAvailable as exc:
+        return Check(name, FAIL, str(exc), "pip install -e . (it brings nvidia-pytriton)"), None
+    if not install.binary.is_file():
+        return Check(name, FAIL, f"no tritonserver binary at {install.binary}", reinstall), install
+    try:
+        result = subprocess.run([str(install.binary), "--help"], env=install.environment(), capture_output=True,
+                                text=True, errors="replace", timeout=HELP_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return Check(name, FAIL, f"{install.binary} --help did not finish in {HELP_TIMEOUT_S:g} s", reinstall), install
+    except OSError as exc:
+        return Check(name, FAIL, f"{install.binary} cannot run: {exc}", reinstall), install
+    output = result.stdout + result.stderr
+    if "Usage: tritonserver" not in output:  # --help prints its usage and exits 1: the usage is the sign of life
+        last = output.strip().splitlines()[-1] if output.strip() else f"exit code {result.returncode}, no output"
+        return Check(name, FAIL, f"{install.binary} --help failed: {last}",
+                     f"{reinstall}; a missing library means glibc < 2.35 or a damaged wheel"), install
+    return Check(name, OK, f"{install.binary} runs (--help)"), install
+
+
+def check_stub(install: TritonInstall | None) -> Check:
+    """The Python backend runs each model in a stub process that embeds this Python's libpython."""
+    name, python = "python stub", f"{sys.version_info.major}.{sys.version_info.minor}"
+    if install is None:
+        return Check(name, FAIL, "nvidia-pytriton is not installed", "pip install -e .")
+    if not install.stub.is_file():
+        offered = sorted(p.name for p in install.stub.parent.parent.glob("*") if p.is_dir())
+        return Check(name, FAIL, f"nvidia-pytriton has no Python-backend stub for Python {python}",
+                     f"use one of Python {', '.join(offered) or '(none found)'} for the virtualenv")
+    try:
+        triton_binary.check_shared_libpython()
+    except TritonNotAvailable as exc:
+        return Check(name, FAIL, str(exc), "rebuild Python with --enable-shared (pyenv: PYTHON_CONFIGURE_OPTS="
+                                           "--enable-shared pyenv install ...) and recreate the virtualenv")
+    ldd = shutil.which("ldd")
+    if ldd is None:
+        return Check(name, WARN, f"{install.stub} exists; ldd not found, its libraries were not checked",
+                     "install ldd (Debian/Ubuntu: libc-bin) to check them")
+    result = subprocess.run([ldd, str(install.stub)], env=install.environment(), capture_output=True, text=True,
+                            errors="replace", timeout=HELP_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    missing = [line.split("=>")[0].strip() for line in result.stdout.splitlines() if "not found" in line]
+    if result.returncode != 0 or missing:
+        return Check(name, FAIL, f"the stub cannot find {', '.join(missing) or 'its libraries'} (ldd {install.stub})",
+                     f"make libpython{python} shared and findable: this Python's LIBDIR "
+                     f"({sysconfig.get_config_var('LIBDIR')}) must hold libpython{python}.so.1.0")
+    libpython = next((line.split("=>")[1].split("(")[0].strip() for line in result.stdout.splitlines()
+                      if "libpython" in line and "=>" in line), "?")
+    return Check(name, OK, f"Python {python} stub; libpython: {libpython}")
+
+
+def check_ports(host: str, ports: dict[str, int]) -> Check:
+    shown = ", ".join(f"{kind} {port}" for kind, port in ports.items())
+    if len(set(ports.values())) < len(ports):
+        return Check("ports", FAIL, f"the same port is given twice ({shown})", "give HTTP, gRPC and metrics "
+                                                                                "three different ports")
+    busy = {kind: port for kind, port in ports.items() if port_in_use(port, host)}
+    if busy:
+        return Check("ports", FAIL, f"in use on {host}: {', '.join(f'{k} {p}' for k, p in busy.items())}",
+                     f"stop what listens on {' '.join(map(str, busy.values()))} (ss -ltnp shows it) or choose "
+                     "others with --http-port/--grpc-port/--metrics-port, the same options as rf-triton serve")
+    return Check("ports", OK, f"free on {host}: {shown}")
+
+
+def check_shm(path: Path = Path("/dev/shm")) -> Check:
+    """Triton's Python backend passes every tensor through shared memory regions in /dev/shm."""
+    grow = ("grow it: docker run --shm-size=1g, compose shm_size: 1g, Kubernetes an emptyDir with medium: Memory "
+            "mounted on /dev/shm, a host: sudo mount -o remount,size=1G /dev/shm")
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError as exc:
+        return Check("/dev/shm", FAIL, f"{path} unusable: {exc}", grow)
+    free_mib, total_mib = usage.free // 2**20, usage.total // 2**20
+    detail = f"{free_mib} MiB free of {total_mib} MiB"
+    if free_mib < SHM_MIN_FREE_MIB:
+        return Check("/dev/shm", FAIL, f"{detail}; the Python backend needs at least {SHM_MIN_FREE_MIB} MiB", grow)
+    return Check("/dev/shm", OK, detail)
+
+
+# -- the repository ---------------------------------------------------------------------------------
+
+
+def served_by(config: mc.ModelConfig) -> str:
+    return config.backend or PLATFORM_BACKENDS.get(config.platform, config.platform)
+
+
+def check_config(model_dir: Path, repository: Path) -> tuple[Check, mc.ModelConfig | None]:
+    name, path = f"{model_dir.name}: config", model_dir / CONFIG_FILENAME
+    reexport = REEXPORT.format(repository=repository, name=model_dir.name)
+    if not path.is_file():
+        return Check(name, FAIL, f"no {CONFIG_FILENAME} in {model_dir}", f"restore it or {reexport}"), None
+    try:
+        config = read_config(path)
+    except ExportError as exc:
+        return Check(name, FAIL, str(exc).splitlines()[0], f"correct the line named, or {reexport}"), None
+    if config.name and config.name != model_dir.name:
+        return Check(name, FAIL, f"name {config.name!r} differs from its folder {model_dir.name!r}",
+                     f'set name: "{model_dir.name}" in {path}'), config
+    backend = served_by(config)
+    if backend not in MODEL_FILENAMES:
+        return Check(name, WARN, f"backend {backend or '(none)'}: parsed, but doctor checks only "
+                                 f"{', '.join(MODEL_FILENAMES)} models", ""), config
+    return Check(name, OK, f"parses; backend {backend}, max_batch_size {config.max_batch_size}"), config
+
+
+def check_versions(model_dir: Path, config: mc.ModelConfig, repository: Path) -> tuple[Check, list[int]]:
+    """Every version folder must hold a non-empty model file: Triton would fail on a half-written one."""
+    name, backend = f"{model_dir.name}: versions", served_by(config)
+    filename = config.default_model_filename or MODEL_FILENAMES.get(backend, "")
+    present = versions(model_dir)
+    if not present:
+        return Check(name, FAIL, f"no version folder in {model_dir} (e.g. {model_dir}/1)",
+                     REEXPORT.format(repository=repository, name=model_dir.name)), []
+    problems, complete = [], []
+    for version in present:
+        path = model_dir / str(version) / filename
+        if filename and not path.is_file():
+            problems.append(f"version {version} has no {filename}")
+        elif filename and path.stat().st_size == 0:
+            problems.append(f"version {version}: {filename} is empty (half-written)")
+        else:
+            complete.append(version)
+    wanted = set(config.version_policy.specific.versions) - set(present)
+    if wanted:
+        problems.append(f"version_policy names missing version(s) {', '.join(map(str, sorted(wanted)))}")
+    if problems:
+        broken = [str(model_dir / str(v)) for v in present if v not in complete]
+        fix = (f"remove the incomplete folder(s) ({' '.join(broken)}) and "
+               if broken else "") + REEXPORT.format(repository=repository, name=model_dir.name)
+        return Check(name, FAIL, "; ".join(problems), fix + " (export writes a version whole, never half)"), complete
+    return Check(name, OK, f"version(s) {', '.join(map(str, complete))} complete ({filename or 'no file name'})"), complete
+
+
+def dims_match(config_dims, graph_dims: list[int]) -> bool:
+    return len(config_dims) == len(graph_dims) and all(c == g or -1 in (c, g) for c, g in zip(config_dims, graph_dims))
+
+
+def mismatches(config: mc.ModelConfig, graph: GraphSignature) -> list[str]:
+    """How config.pbtxt's input and output differ from the graph's (names, dtypes, dims)."""
+    batch = [] if config.max_batch_size > 0 else [-1]  # without batching the config spells the batch dim out
+    problems = []
+    for kind, tensors, graph_name, graph_dims in (("input", config.input, graph.input_name, graph.input_dims),
+                                                  ("output", config.output, graph.output_name, graph.output_dims)):
+        if len(tensors) != 1:
+            problems.append(f"config has {len(tensors)} {kind}s, the graph one ({graph_name})")
+            continue
+        tensor, expected = tensors[0], batch + list(graph_dims)
+        if tensor.name != graph_name:
+            problems.append(f"{kind} name {tensor.name!r}, the graph's is {graph_name!r}")
+        if tensor.data_type != mc.TYPE_FP32:
+            problems.append(f"{kind} {tensor.name} is {mc.DataType.Name(tensor.data_type)}, the graph's TYPE_FP32")
+        if not dims_match(tensor.dims, expected):
+            problems.append(f"{kind} {tensor.name} dims {list(tensor.dims)}, the graph's {expected}")
+    for warmup in config.model_warmup:  # Triton runs it at load: a stale name or shape fails the load
+        for key, sample in warmup.inputs.items():
+            if key != graph.input_name:
+                problems.append(f"warmup {warmup.name!r} feeds {key!r}, the graph's input is {graph.input_name!r}")
+            elif not dims_match(sample.dims, list(graph.input_dims)):
+                problems.append(f"warmup {warmup.name!r} dims {list(sample.dims)}, the graph's {graph.input_dims}")
+    return problems
+
+
+def check_graph(model_dir: Path, config: mc.ModelConfig, complete: list[int], repository: Path) -> Check:
+    name, backend = f"{model_dir.name}: graph", served_by(config)
+    if backend not in GRAPH_READERS:
+        return Check(name, WARN, f"backend {backend or '(none)'}: no graph to compare with the config", "")
+    if not complete:
+        return Check(name, FAIL, "no complete version to compare with the config", "fix the versions first")
+    kind, read_signature = GRAPH_READERS[backend]
+    filename = config.default_model_filename or MODEL_FILENAMES[backend]
+    problems, signatures = [], set()
+    for version in complete:
+        try:
+            graph = read_signature((model_dir / str(version) / filename).read_bytes())
+        except Exception as exc:  # onnx and treelite raise their own decode errors for damaged files
+            problems.append(f"version {version}: {filename} is not a readable {kind} ({_first_line(exc)})")
+            continue
+        problems += [f"version {version}: {p}" for p in mismatches(config, graph)]
+        signatures.add(f"{graph.input_name} FP32 {graph.input_dims} -> {graph.output_name} FP32 {graph.output_dims}")
+    if problems:
+        return Check(name, FAIL, "; ".join(problems),
+                     f"make config.pbtxt say what the graph takes, or {REEXPORT.format(repository=repository, name=model_dir.name)}")
+    return Check(name, OK, f"config matches the {kind}: {'; '.join(sorted(signatures))}")
+
+
+def check_models(repository: Path) -> tuple[list[Check], dict[str, mc.ModelConfig]]:
+    """Rows for every model, and the configs of the models that passed all of them."""
+    rows: list[Check] = []
+    healthy: dict[str, mc.ModelConfig] = {}
+    model_dirs = runtime_repository.model_dirs(repository)
+    if not model_dirs:
+        return [Check("models", FAIL, f"no model folder in {repository}",
+                      f"export one: rf-triton export --repository {repository}")], healthy
+    for model_dir in model_dirs:
+        config_row, config = check_config(model_dir, repository)
+        rows.append(config_row)
+        if config is None:
+            continue
+        versions_row, complete = check_versions(model_dir, config, repository)
+        graph_row = check_graph(model_dir, config, complete, repository)
+        rows += [versions_row, graph_row]
+        if FAIL not in (config_row.status, versions_row.status, graph_row.status):
+            healthy[model_dir.name] = config
+    return rows, healthy
+
+
+def check_load(repository: Path, configs: dict[str, mc.ModelConfig], ready_timeout_s: float) -> list[Check]:
+    """Start the embedded server on free ports and see every model it can serve become ready."""
+    rows = [Check(f"{name}: load", WARN, f"backend {served_by(config)} is not in the embedded server (Python "
+                                         "backend only); not loaded here",
+                  "serve it with the stock container (FIL: docker compose --profile gpu up -d triton-gpu)")
+            for name, config in configs.items() if not runtime_repository.embeddable(config)]
+    loadable = [name for name, config in configs.items() if runtime_repository.embeddable(config)]
+    if not loadable:
+        return rows
+    server = EmbeddedTriton.on_free_ports(repository, watch_interval_s=None, extra_args=("--log-info=false",))  # errors stay in the tail
+    try:
+        server.start(ready_timeout_s=ready_timeout_s)
+        states: dict[str, list[str]] = {}
+        for entry in server.model_index():
+            states.setdefault(entry["name"], []).append(f"{entry.get('version', '?')} {entry.get('state', '?')}")
+        after_s = server.ready_after_s
+    except (ServerStartError, RepositoryError, TritonNotAvailable, OSError) as exc:
+        fix = f"see the whole log: rf-triton serve --repository {repository} --log-verbose 1"
+        return rows + [Check(f"{name}: load", FAIL, _error_for(str(exc), name), fix) for name in loadable]
+    finally:
+        server.stop()
+    for name in loadable:
+        seen = states.get(name, [])
+        if seen and all(s.endswith(" READY") for s in seen):
+            rows.append(Check(f"{name}: load", OK, f"ready in the embedded server after {after_s:.1f} s "
+                                                   f"(version {', '.join(s.split()[0] for s in seen)})"))
+        else:
+            rows.append(Check(f"{name}: load", FAIL, f"not ready: {', '.join(seen) or 'not in the index'}",
+                              f"see the log: rf-triton serve --repository {repository} --log-verbose 1"))
+    return rows
+
+
+def _error_for(message: str, model: str, limit: int = 400) -> str:
+    """Triton's error line about `model` (log lines `E1126 04:28:51.12 pid file.cc:642] "text"`), else its last one."""
+    errors = [m.group(1).strip().strip('"') for m in re.finditer(r'^E\d{4} [^\]]*\] (.*)$', message, re.MULTILINE)]
+    about = [line for line in errors if f"'{model}'" in line]
+    fallback = [line.strip() for line in message.splitlines() if line.startswith("error:")] or \
+        [message.strip().splitlines()[0] if message.strip() else "failed"]
+    line = (about or fallback)[-1]
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def run_checks(repository: Path, host: str, ports: dict[str, int], load: bool, ready_timeout_s: float) -> list[Check]:
+    server_row, install = check_server_binary()
+    rows = [check_platform(), server_row, check_stub(install), check_ports(host, ports), check_shm()]
+    model_rows, healthy = check_models(repository)
+    rows += model_rows
+    if load:
+        if any(row.status == FAIL for row in rows):
+            rows.append(Check("load", WARN, "not attempted: fix the failures above first", ""))
+        else:
+            rows += check_load(repository, healthy, ready_timeout_s)
+    return rows
+
+
+def render(rows: list[Check], console: Console) -> None:
+    table = Table("check", "status", "detail", "fix", title="rf-triton doctor")
+    for row in rows:
+        table.add_row(Text(row.name), Text(row.status, style=STYLES[row.status]), Text(row.detail, overflow="fold"),
+                      Text(row.fix, overflow="fold"))
+    console.print(table)
+
+
+@app.command("doctor")
+def doctor(
+    repository: Annotated[Path, typer.Option(help="Canonical model repository to check.")] = Path("model_repository"),
+    host: Annotated[str, typer.Option(help="Address the server would bind, for the port check.")] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port `rf-triton serve` would use.")] = 8000,
+    grpc_port: Annotated[int, typer.Option(min=1, max=65535, help="gRPC port `rf-triton serve` would use.")] = 8001,
+    metrics_port: Annotated[int, typer.Option(min=1, max=65535, help="Metrics port `rf-triton serve` would use.")] = 8002,
+    load: Annotated[bool, typer.Option(help="Also start the embedded server (on free ports) and load every model.")] = False,
+    ready_timeout_s: Annotated[float, typer.Option(help="With --load: seconds to wait for the models.")] = 120.0,
+) -> None:
+    """Check this machine and a model repository before serving: one table, with a fix for each failure.
+
+    Checks the tritonserver binary from the nvidia-pytriton wheel, the platform, the Python-backend
+    stub, the ports, /dev/shm, and every model (config, versions, graph; with --load, that the
+    embedded server loads it). Exits 0 when nothing failed (warnings allowed), 1 otherwise.
+    """
+    if not repository.is_dir():
+        typer.echo(f"error: model repository not found: {repository} (give one with --repository)", err=True)
+        raise typer.Exit(1)
+    ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
+    console = Console()  # made here so that COLUMNS set by the caller applies
+    rows = run_checks(repository, host, ports, load, ready_timeout_s)
+    render(rows, console)
+    failed = [row.name for row in rows if row.status == FAIL]
+    warned = sum(row.status == WARN for row in rows)
+    if failed:
+        console.print(f"{len(failed)} check(s) failed: {', '.join(failed)}", style="bold red", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"all checks passed ({warned} warning(s))", style="green", highlight=False)
