@@ -48,6 +48,8 @@ class ServerBusyError(InferenceError):
 
 # Triton answers UNAVAILABLE (HTTP 503) when a queue is full or the server is shutting down.
 RETRYABLE_STATUSES = {"503", "StatusCode.UNAVAILABLE"}
+# Triton's words for the overload refusals of a bounded queue and of a queueing timeout.
+BUSY_MESSAGES = ("Exceeds maximum queue size", "Request timeout expired")
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,9 @@ class RandomForestClient:
             return getattr(self._client, method)(*args, **kwargs)
         except InferenceServerException as exc:
             status, message = str(exc.status()), exc.message() or ""
-            if status in RETRYABLE_STATUSES and self.protocol == "grpc" and "queue" not in message.lower():
+            refused_for_now = any(marker in message for marker in BUSY_MESSAGES)
+            if status in RETRYABLE_STATUSES and self.protocol == "grpc" and not refused_for_now:
+                # gRPC says UNAVAILABLE for a server it cannot reach, too
                 raise ServerUnavailableError(f"{method} for model {self.model!r} at {self.url}: {message}") from None
             error = ServerBusyError if status in RETRYABLE_STATUSES else InferenceError
             raise error(f"{method} for model {self.model!r}: {message}", status) from None

@@ -63,6 +63,18 @@ def export(
         help=f"ONNX Runtime intra-op threads per instance, 0 = all cores (default: existing, else {DEFAULTS.intra_op_threads}).")] = None,
     inter_op_threads: Annotated[Optional[int], typer.Option(
         help=f"ONNX Runtime inter-op threads per instance (default: existing, else {DEFAULTS.inter_op_threads}).")] = None,
+    serve_versions: Annotated[Optional[str], typer.Option(
+        help="Versions to serve side by side, e.g. 1,2 (A/B between versions) or all; "
+             "shorthand for --version-policy specific:1,2 / all.")] = None,
+    max_queue_size: Annotated[Optional[int], typer.Option(
+        help=f"Requests Triton may queue before refusing more with 'Exceeds maximum queue size', 0 = unbounded "
+             f"(default: existing, else {DEFAULTS.max_queue_size}).")] = None,
+    queue_timeout_us: Annotated[Optional[int], typer.Option(
+        help="Refuse a request still queued after this many µs, 0 = never (default: existing, else 0).")] = None,
+    allow_timeout_override: Annotated[Optional[bool], typer.Option(
+        help="Let a request set its own (shorter) queueing timeout (default: existing, else no).")] = None,
+    priority_levels: Annotated[Optional[int], typer.Option(
+        help="Priority levels for requests (1 = highest); requests without one get the middle level.")] = None,
 ) -> None:
     """Export a random forest to ONNX (or FIL) and write it as a new version in a Triton model repository.
 
@@ -75,11 +87,17 @@ def export(
         raise fail("--target goes with --data")
     if data is not None and target is None:
         raise fail("--data needs --target COLUMN")
+    if serve_versions is not None:
+        if version_policy is not None:
+            raise fail("give either --serve-versions or --version-policy, not both")
+        version_policy = "all" if serve_versions.strip() == "all" else f"specific:{serve_versions.strip()}"
     options = ServingOptions(
         max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
         preferred_batch_sizes=tuple(preferred_batch_size) if preferred_batch_size else None,
         instances=instances, kind=kind.lower() if kind else None, version_policy=version_policy,
-        intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads,
+        intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads, max_queue_size=max_queue_size,
+        queue_timeout_us=queue_timeout_us, allow_timeout_override=allow_timeout_override,
+        priority_levels=priority_levels,
     )
     try:
         with console.status("Preparing the model"):

@@ -43,6 +43,10 @@ class ServingOptions:
     version_policy: str | None = None
     intra_op_threads: int | None = None
     inter_op_threads: int | None = None
+    max_queue_size: int | None = None
+    queue_timeout_us: int | None = None
+    allow_timeout_override: bool | None = None
+    priority_levels: int | None = None
 
     def with_defaults(self, defaults: "ServingOptions") -> "ServingOptions":
         return replace(self, **{f.name: getattr(defaults, f.name) for f in fields(self)
@@ -50,9 +54,12 @@ class ServingOptions:
 
 
 # Two single-threaded instances suit a 2-core host; the dynamic batcher waits at most 100 µs.
+# A queue of at most 1024 requests: a burst beyond capacity is refused at once ("Exceeds maximum
+# queue size") instead of making every request wait longer and longer.
 DEFAULTS = ServingOptions(
     max_batch_size=1024, max_queue_delay_us=100, preferred_batch_sizes=(), instances=2, kind="cpu",
-    version_policy="latest:1", intra_op_threads=1, inter_op_threads=1,
+    version_policy="latest:1", intra_op_threads=1, inter_op_threads=1, max_queue_size=1024,
+    queue_timeout_us=0, allow_timeout_override=False, priority_levels=0,
 )
 
 
@@ -86,6 +93,9 @@ def validate(options: ServingOptions) -> None:
         (o.kind is not None and o.kind not in KINDS, f"--kind must be one of {', '.join(KINDS)}"),
         (o.intra_op_threads is not None and o.intra_op_threads < 0, "--intra-op-threads must be >= 0"),
         (o.inter_op_threads is not None and o.inter_op_threads < 0, "--inter-op-threads must be >= 0"),
+        (o.max_queue_size is not None and o.max_queue_size < 0, "--max-queue-size must be >= 0 (0: unbounded)"),
+        (o.queue_timeout_us is not None and o.queue_timeout_us < 0, "--queue-timeout-us must be >= 0 (0: none)"),
+        (o.priority_levels is not None and o.priority_levels < 0, "--priority-levels must be >= 0"),
     ]
     for failed, message in checks:
         if failed:
@@ -165,6 +175,7 @@ def build_config(name: str, graph: GraphSignature, options: ServingOptions,
     if options.preferred_batch_sizes is not None:
         del batching.preferred_batch_size[:]
         batching.preferred_batch_size.extend(options.preferred_batch_sizes)
+    _queue_policy(batching, options, defaults)
 
     if options.instances is not None or options.kind is not None or not config.instance_group:
         previous = config.instance_group[0] if config.instance_group else None
@@ -192,6 +203,23 @@ def build_config(name: str, graph: GraphSignature, options: ServingOptions,
     warmup.inputs[graph.input_name].dims.extend(graph.input_dims)
     warmup.inputs[graph.input_name].zero_data = True
     return config
+
+
+def _queue_policy(batching: mc.ModelDynamicBatching, options: ServingOptions, defaults: ServingOptions) -> None:
+    """Overload protection: a bounded queue, an optional queueing timeout, optional priority levels."""
+    queue = batching.default_queue_policy
+    fresh = not batching.HasField("default_queue_policy")
+    if options.max_queue_size is not None or fresh:
+        queue.max_queue_size = options.max_queue_size if options.max_queue_size is not None else defaults.max_queue_size
+    if options.queue_timeout_us is not None or fresh:
+        timeout = options.queue_timeout_us if options.queue_timeout_us is not None else defaults.queue_timeout_us
+        queue.default_timeout_microseconds = timeout
+        queue.timeout_action = mc.ModelQueuePolicy.REJECT
+    if options.allow_timeout_override is not None or fresh:
+        queue.allow_timeout_override = bool(options.allow_timeout_override)
+    if options.priority_levels is not None:
+        batching.priority_levels = options.priority_levels
+        batching.default_priority_level = (options.priority_levels + 1) // 2  # the middle; 1 is the highest
 
 
 def feature_names(config: mc.ModelConfig) -> list[str] | None:

@@ -21,7 +21,7 @@ from .client.client import RandomForestClient
 from .export import sources
 from .export.onnx_convert import relative_errors
 from .export.pipeline import DEFAULT_MODEL_NAME, DEFAULT_TOLERANCE, export_model
-from .serve.server import EmbeddedTriton, free_port
+from .serve.server import EmbeddedTriton
 
 app = typer.Typer()
 console = Console()
@@ -55,7 +55,7 @@ def _run(repository: Path, shown: int) -> bool:
     console.print(f"[bold]1. export[/] {result.version_dir} in {export_s:.2f} s "
                   f"(training included); parity max rel error {result.parity.max_rel_error:.2e}")
 
-    server = EmbeddedTriton(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    server = EmbeddedTriton.on_free_ports(repository)
     with console.status("starting tritonserver"):
         server.start()
     try:

@@ -59,9 +59,19 @@ class Endpoints:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct free ports (held together while chosen, so none is handed out twice)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
@@ -121,6 +131,12 @@ class EmbeddedTriton:
         self.runtime: runtime_repository.RuntimeRepository | None = None
         self.ready_after_s: float | None = None
 
+    @classmethod
+    def on_free_ports(cls, repository: Path | str, **kwargs) -> "EmbeddedTriton":
+        """A server on three distinct free ports of 127.0.0.1: for tests, demos, benchmarks."""
+        http_port, grpc_port, metrics_port = free_ports(3)
+        return cls(repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, **kwargs)
+
     @property
     def log_path(self) -> Path | None:
         return self.workdir / "tritonserver.log" if self.workdir else None
@@ -168,6 +184,7 @@ class EmbeddedTriton:
                                    "choose others with --http-port/--grpc-port/--metrics-port")
         self.workdir = Path(tempfile.mkdtemp(prefix="rf-triton-serve-"))
         try:
+            derived_from = runtime_repository.canonical_state(self.repository)  # changes after this get mirrored
             self.runtime = runtime_repository.derive(self.repository, self.workdir / "models")
             backends = install.prepare_backends(self.workdir / "backends")
             with open(self.log_path, "wb") as log:
@@ -181,7 +198,7 @@ class EmbeddedTriton:
             self.ready_after_s = time.monotonic() - started
             self.shm_regions = group_shm_regions(self.process.pid)
             if self.watch_interval_s:
-                self._start_watching()
+                self._start_watching(derived_from)
         except BaseException:
             self.stop()
             raise
@@ -213,13 +230,13 @@ class EmbeddedTriton:
             self.runtime = runtime_repository.sync(self.repository, self.runtime.path)
             return self.runtime
 
-    def _start_watching(self) -> None:
+    def _start_watching(self, seen: tuple) -> None:
         self._stop_watching.clear()
-        self._watcher = threading.Thread(target=self._watch, name="rf-triton-repository-watch", daemon=True)
+        self._watcher = threading.Thread(target=self._watch, args=(seen,), name="rf-triton-repository-watch",
+                                         daemon=True)
         self._watcher.start()
 
-    def _watch(self) -> None:
-        seen = runtime_repository.canonical_state(self.repository)
+    def _watch(self, seen: tuple) -> None:
         while not self._stop_watching.wait(self.watch_interval_s):
             try:
                 state = runtime_repository.canonical_state(self.repository)

@@ -17,7 +17,7 @@ import pytest
 from rf_triton.export import sources
 from rf_triton.export.pipeline import export_model
 from rf_triton.export.triton_config import ServingOptions
-from rf_triton.serve.server import EmbeddedTriton, ServerStartError, free_port
+from rf_triton.serve.server import EmbeddedTriton, ServerStartError, free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,8 +38,7 @@ def demo_repository(tmp_path_factory, demo_model) -> Path:
 
 def start_server(repository: Path, **kwargs) -> EmbeddedTriton:
     """Start on free ports; on failure the error carries the server's last log lines."""
-    server = EmbeddedTriton(repository, http_port=free_port(), grpc_port=free_port(),
-                            metrics_port=free_port(), **kwargs)
+    server = EmbeddedTriton.on_free_ports(repository, **kwargs)
     try:
         server.start(ready_timeout_s=120)
     except ServerStartError as exc:
@@ -75,7 +74,7 @@ class ServeProcess:
     """`rf-triton serve` in its own session, with its output in a file for failure reports."""
 
     def __init__(self, repository: Path, log: Path) -> None:
-        self.ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+        self.ports = dict(zip(("http", "grpc", "metrics"), free_ports(3)))
         self.log = log
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
