@@ -11,7 +11,9 @@ from rich.console import Console
 from . import sources
 from .errors import ExportError
 from .pipeline import DEFAULT_FORMAT, DEFAULT_MODEL_NAME, DEFAULT_TOLERANCE, FORMATS, export_model
-from .triton_config import DEFAULTS, FIL_DEFAULTS, KINDS, ServingOptions
+from .triton_config import (
+    BOUNDED_QUEUE_WARNING, DEFAULTS, FIL_DEFAULTS, KINDS, ServingOptions, read_config, stalls_batcher,
+)
 
 app = typer.Typer()
 console = Console(stderr=True)
@@ -68,7 +70,8 @@ def export(
              "shorthand for --version-policy specific:1,2 / all.")] = None,
     max_queue_size: Annotated[Optional[int], typer.Option(
         help=f"Requests Triton may queue before refusing more with 'Exceeds maximum queue size', 0 = unbounded "
-             f"(default: existing, else {DEFAULTS.max_queue_size}).")] = None,
+             f"(default: existing, else {DEFAULTS.max_queue_size}). On Triton 2.51 pair it with "
+             "--max-queue-delay-us 0: a bounded queue with a delay stalls the batcher.")] = None,
     queue_timeout_us: Annotated[Optional[int], typer.Option(
         help="Refuse a request still queued after this many µs, 0 = never (default: existing, else 0).")] = None,
     allow_timeout_override: Annotated[Optional[bool], typer.Option(
@@ -123,5 +126,7 @@ def export(
     elif kind and kind.lower() == "gpu":
         console.print("[yellow]note:[/] ONNX Runtime computes tree ensembles on the CPU only; a KIND_GPU "
                       "onnxruntime instance still evaluates the trees on the CPU.")
+    if stalls_batcher(read_config(result.config_path)):
+        console.print(f"[yellow]warning:[/] {BOUNDED_QUEUE_WARNING}")
     console.print(f"[green]wrote[/] {result.version_dir} and {result.config_path} in {result.seconds:.2f} s")
     typer.echo(str(result.version_dir))

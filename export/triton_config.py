@@ -54,13 +54,18 @@ class ServingOptions:
 
 
 # Two single-threaded instances suit a 2-core host; the dynamic batcher waits at most 100 µs.
-# A queue of at most 1024 requests: a burst beyond capacity is refused at once ("Exceeds maximum
-# queue size") instead of making every request wait longer and longer.
+# The queue is unbounded by default: measured on Triton 2.51, a bounded queue (max_queue_size > 0)
+# together with a queue delay > 0 makes the dynamic batcher hold requests for up to ~0.5 s
+# (HTTP c1, 1 instance: p90 318 ms vs 0.6 ms unbounded); with a delay of 0 it does not. See
+# BOUNDED_QUEUE_WARNING.
 DEFAULTS = ServingOptions(
     max_batch_size=1024, max_queue_delay_us=100, preferred_batch_sizes=(), instances=2, kind="cpu",
-    version_policy="latest:1", intra_op_threads=1, inter_op_threads=1, max_queue_size=1024,
+    version_policy="latest:1", intra_op_threads=1, inter_op_threads=1, max_queue_size=0,
     queue_timeout_us=0, allow_timeout_override=False, priority_levels=0,
 )
+BOUNDED_QUEUE_WARNING = (
+    "a bounded queue with a queue delay > 0 stalls Triton 2.51's dynamic batcher for up to ~0.5 s "
+    "(measured: p90 318 ms vs 0.6 ms); use --max-queue-delay-us 0 with --max-queue-size, and check with rf-triton bench")
 
 
 # FIL: one instance on each GPU when there is one (KIND_AUTO), else one on the CPU.
@@ -207,8 +212,11 @@ def build_config(name: str, graph: GraphSignature, options: ServingOptions,
 
 def _queue_policy(batching: mc.ModelDynamicBatching, options: ServingOptions, defaults: ServingOptions) -> None:
     """Overload protection: a bounded queue, an optional queueing timeout, optional priority levels."""
-    queue = batching.default_queue_policy
     fresh = not batching.HasField("default_queue_policy")
+    named = (options.max_queue_size, options.queue_timeout_us, options.allow_timeout_override)
+    if fresh and not any(named):
+        return  # nothing to bound: no policy block at all, as Triton's default
+    queue = batching.default_queue_policy
     if options.max_queue_size is not None or fresh:
         queue.max_queue_size = options.max_queue_size if options.max_queue_size is not None else defaults.max_queue_size
     if options.queue_timeout_us is not None or fresh:
@@ -220,6 +228,12 @@ def _queue_policy(batching: mc.ModelDynamicBatching, options: ServingOptions, de
     if options.priority_levels is not None:
         batching.priority_levels = options.priority_levels
         batching.default_priority_level = (options.priority_levels + 1) // 2  # the middle; 1 is the highest
+
+
+def stalls_batcher(config: mc.ModelConfig) -> bool:
+    """True for the combination measured to stall Triton 2.51's batcher (see BOUNDED_QUEUE_WARNING)."""
+    batching = config.dynamic_batching
+    return batching.default_queue_policy.max_queue_size > 0 and batching.max_queue_delay_microseconds > 0
 
 
 def feature_names(config: mc.ModelConfig) -> list[str] | None:

@@ -2,7 +2,7 @@
 
     locust -f loadtest/locustfile.py --host http://127.0.0.1:8000 --grpc-host 127.0.0.1:8001
 
-Add --rows-per-request N, --model NAME or --payload-csv FILE to change what is sent; name a user
+Add --rows-per-request N, --model NAME, --payload-csv FILE or --ab VARIANT=WEIGHT,... to change what is sent; name a user
 class after the options (TritonHttpUser or TritonGrpcUser) to load one protocol only.
 """
 

@@ -57,8 +57,16 @@ def test_export_writes_the_queue_policy(tmp_path):
     policy = batching.default_queue_policy
     assert (policy.max_queue_size, policy.default_timeout_microseconds, policy.allow_timeout_override) == (64, 5000, True)
     assert (batching.priority_levels, batching.default_priority_level) == (3, 2)
+    assert "a bounded queue with a queue delay > 0 stalls" in result.stderr  # the default delay is 100 µs
+    quiet = CliRunner().invoke(app, ["export", "--repository", str(tmp_path), "--max-queue-delay-us", "0"])
+    assert quiet.exit_code == 0 and "stalls" not in quiet.stderr
     refused = CliRunner().invoke(app, ["export", "--repository", str(tmp_path), "--max-queue-size", "-1"])
     assert refused.exit_code == 1 and "--max-queue-size must be >= 0" in refused.stderr
+
+
+def test_default_export_leaves_the_queue_unbounded(tmp_path):
+    assert CliRunner().invoke(app, ["export", "--repository", str(tmp_path)]).exit_code == 0
+    assert not read_config(tmp_path / MODEL / "config.pbtxt").dynamic_batching.HasField("default_queue_policy")
 
 
 def test_burst_beyond_capacity_is_refused_fast_and_the_server_recovers(tmp_path, demo_model, server_factory, capsys):
@@ -68,7 +76,8 @@ def test_burst_beyond_capacity_is_refused_fast_and_the_server_recovers(tmp_path,
     measured = {}
     for label, queue_size in (("bounded", 16), ("unbounded", 0)):
         repository = tmp_path / label
-        export_model(demo_model, repository, options=ServingOptions(max_queue_size=queue_size))
+        # Delay 0: on Triton 2.51 a bounded queue with a batching delay stalls the batcher (BOUNDED_QUEUE_WARNING).
+        export_model(demo_model, repository, options=ServingOptions(max_queue_size=queue_size, max_queue_delay_us=0))
         server = server_factory(repository, watch_interval_s=None)
         before = model_stats(server)
         answers = burst(server, demo_model.X_val, 3000)
