@@ -66,7 +66,7 @@ class BenchOptions:
     inprocess_batches: tuple[int, ...] = (1, 64, 1024, 4096)
     use_wrk: bool = True
     extra_server_args: tuple[str, ...] = ()
-    one_instance_sweep: bool = True  # the 1-row sweep on the 1-instance variant too
+    two_instance_sweep: bool = True  # the 1-row sweep on the 2-instance variant too
 
 
 CANONICAL = "Triton, batching on"
@@ -95,7 +95,7 @@ def scenarios(options: BenchOptions) -> list[Scenario]:
     return [
         Scenario(CANONICAL, ServingOptions()),
         Scenario("Triton, batching off", ServingOptions(), batching=False, large=False),
-        Scenario("Triton, 1 instance", ServingOptions(instances=1), small=options.one_instance_sweep),
+        Scenario("Triton, 2 instances", ServingOptions(instances=2), small=options.two_instance_sweep),
     ]
 
 

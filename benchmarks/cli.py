@@ -36,8 +36,8 @@ def bench(
     warmup_s: Annotated[float, typer.Option(help="Warm-up seconds before each point.")] = 1.0,
     inprocess_s: Annotated[float, typer.Option(help="Seconds per in-process ORT/sklearn point.")] = 1.0,
     wrk: Annotated[bool, typer.Option(help="Use wrk for HTTP when installed (else tritonclient.http.aio).")] = True,
-    one_instance_sweep: Annotated[bool, typer.Option(
-        help="Also run the 1-row sweep on the single-instance variant (its large requests always run).")] = True,
+    two_instance_sweep: Annotated[bool, typer.Option(
+        help="Also run the 1-row sweep on the 2-instance variant (its large requests always run).")] = True,
 ) -> None:
     """Side by side in one run: in-process ONNX Runtime and sklearn, then the embedded Triton over HTTP
     and gRPC, batching on and off, small and large requests; writes a Markdown table and a PNG plot."""
@@ -45,7 +45,7 @@ def bench(
         repository=repository, model=model, out=out, concurrencies=tuple(concurrency or (1, 4, 16, 64)),
         large_rows=large_rows, large_concurrencies=tuple(large_concurrency or (1, 2)), duration_s=duration_s,
         warmup_s=warmup_s, inprocess_s=inprocess_s, use_wrk=wrk,
-        one_instance_sweep=one_instance_sweep)
+        two_instance_sweep=two_instance_sweep)
     if wrk and loadgen.wrk_path() is None:
         console.print("[yellow]wrk not installed:[/] HTTP load comes from tritonclient.http.aio "
                       "(slower; apt-get install wrk for capacity figures)")

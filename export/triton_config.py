@@ -53,13 +53,15 @@ class ServingOptions:
                                 if getattr(self, f.name) is None})
 
 
-# Two single-threaded instances suit a 2-core host; the dynamic batcher waits at most 100 µs.
-# The queue is unbounded by default: measured on Triton 2.51, a bounded queue (max_queue_size > 0)
-# together with a queue delay > 0 makes the dynamic batcher hold requests for up to ~0.5 s
-# (HTTP c1, 1 instance: p90 318 ms vs 0.6 ms unbounded); with a delay of 0 it does not. See
-# BOUNDED_QUEUE_WARNING.
+# Measured on 2 cores with the embedded server (HTTP, wrk, 1-row requests), one single-threaded
+# instance and no batching delay was the best default: concurrency 1 p50 0.33-0.37 ms (0.50-0.56 ms
+# with 2 instances and 100 µs), concurrency 64 15-16k req/s at p99 7-8 ms; under load the batcher
+# still forms batches (17 rows on average at c64) from requests queued behind the busy instance,
+# and the HTTP frontend keeps the other core. Hosts with more cores: raise --instances (`rf-triton
+# tune` measures). The queue is unbounded by default: on Triton 2.51 a bounded queue with a delay
+# > 0 stalls the batcher (see BOUNDED_QUEUE_WARNING).
 DEFAULTS = ServingOptions(
-    max_batch_size=1024, max_queue_delay_us=100, preferred_batch_sizes=(), instances=2, kind="cpu",
+    max_batch_size=1024, max_queue_delay_us=0, preferred_batch_sizes=(), instances=1, kind="cpu",
     version_policy="latest:1", intra_op_threads=1, inter_op_threads=1, max_queue_size=0,
     queue_timeout_us=0, allow_timeout_override=False, priority_levels=0,
 )

@@ -27,11 +27,11 @@ def test_targets_are_judged_on_the_canonical_config_and_others_are_listed():
         served(CANONICAL, "grpc", 1, 4096, 60, 15, 17, ratio=0.85),
         served("Triton, batching off", "http", 64, 1, 3_000, 20, 40, batching=False),
         served("Triton, batching off", "http", 1, 1, 3_000, 0.3, 1.0, batching=False),
-        served("Triton, 1 instance", "grpc", 2, 4096, 70, 28, 30, ratio=0.95),
+        served("Triton, 2 instances", "grpc", 2, 4096, 70, 28, 30, ratio=0.95),
     ]
     c64, large, c1, gain = evaluate_targets(rows, 4096)
     assert c64["met"] is False and "12,000 req/s, p99 11.00 ms" in c64["measured"]
-    assert large["met"] is False and "Triton, 1 instance: 95% at c2" in large["others"] and "(met)" in large["others"]
+    assert large["met"] is False and "Triton, 2 instances: 95% at c2" in large["others"] and "(met)" in large["others"]
     assert c1["met"] is False and "Triton, batching off: p50 0.300 ms (met)" in c1["others"]
     assert gain["met"] is True and gain["measured"].startswith("4.00×")
 
@@ -71,18 +71,18 @@ def test_tiny_bench_writes_the_table_and_the_plot(demo_repository, tmp_path):
     result = runner.invoke(app, [
         "bench", "--repository", str(demo_repository), "--out", str(out), "--concurrency", "1", "--concurrency", "2",
         "--large-rows", "64", "--large-concurrency", "1", "--duration-s", "1", "--warmup-s", "0.2",
-        "--inprocess-s", "0.1", "--no-one-instance-sweep",
+        "--inprocess-s", "0.1", "--no-two-instance-sweep",
     ])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "bench.json").read_text())
     rows = report["rows"]
     configurations = {r["configuration"] for r in rows}
-    assert {CANONICAL, "Triton, batching off", "Triton, 1 instance", "ORT in-process, 1 thread",
+    assert {CANONICAL, "Triton, batching off", "Triton, 2 instances", "ORT in-process, 1 thread",
             "sklearn predict, 1 thread"} <= configurations
     triton_rows = [r for r in rows if r["protocol"] in ("http", "grpc")]
     assert {(r["configuration"], r["protocol"], r["concurrency"], r["rows_per_request"]) for r in triton_rows} == {
         *((c, p, n, 1) for c in (CANONICAL, "Triton, batching off") for p in ("http", "grpc") for n in (1, 2)),
-        *((c, p, 1, 64) for c in (CANONICAL, "Triton, 1 instance") for p in ("http", "grpc")),
+        *((c, p, 1, 64) for c in (CANONICAL, "Triton, 2 instances") for p in ("http", "grpc")),
     }
     for r in triton_rows:
         assert r["errors"] == 0 and r["throughput"] > 0, r

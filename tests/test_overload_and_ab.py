@@ -51,13 +51,13 @@ def burst(server, rows: np.ndarray, count: int) -> list[tuple[float, object]]:
 def test_export_writes_the_queue_policy(tmp_path):
     result = CliRunner().invoke(app, ["export", "--repository", str(tmp_path), "--max-queue-size", "64",
                                       "--queue-timeout-us", "5000", "--allow-timeout-override",
-                                      "--priority-levels", "3"])
+                                      "--priority-levels", "3", "--max-queue-delay-us", "200"])
     assert result.exit_code == 0, result.output
     batching = read_config(tmp_path / MODEL / "config.pbtxt").dynamic_batching
     policy = batching.default_queue_policy
     assert (policy.max_queue_size, policy.default_timeout_microseconds, policy.allow_timeout_override) == (64, 5000, True)
     assert (batching.priority_levels, batching.default_priority_level) == (3, 2)
-    assert "a bounded queue with a queue delay > 0 stalls" in result.stderr  # the default delay is 100 µs
+    assert "a bounded queue with a queue delay > 0 stalls" in result.stderr
     quiet = CliRunner().invoke(app, ["export", "--repository", str(tmp_path), "--max-queue-delay-us", "0"])
     assert quiet.exit_code == 0 and "stalls" not in quiet.stderr
     refused = CliRunner().invoke(app, ["export", "--repository", str(tmp_path), "--max-queue-size", "-1"])

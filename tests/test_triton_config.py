@@ -21,7 +21,7 @@ def test_new_config_targets_onnxruntime_with_defaults():
     assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [("X", mc.TYPE_FP32, [5])]
     assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [("variable", mc.TYPE_FP32, [1])]
     assert config.dynamic_batching.max_queue_delay_microseconds == DEFAULTS.max_queue_delay_us
-    assert [(g.count, g.kind) for g in config.instance_group] == [(2, mc.ModelInstanceGroup.KIND_CPU)]
+    assert [(g.count, g.kind) for g in config.instance_group] == [(DEFAULTS.instances, mc.ModelInstanceGroup.KIND_CPU)]
     assert config.version_policy.latest.num_versions == 1
     assert config.parameters["intra_op_thread_count"].string_value == "1"
     assert feature_names(config) == ["a", "b", "c", "d", "e"]
@@ -68,7 +68,7 @@ def test_update_overrides_what_options_name():
     updated = build_config("rf", GRAPH, ServingOptions(max_queue_delay_us=50, kind="cpu"), META, existing)
     assert updated.dynamic_batching.max_queue_delay_microseconds == 50
     assert updated.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
-    assert updated.instance_group[0].count == 2
+    assert updated.instance_group[0].count == DEFAULTS.instances
 
 
 @pytest.mark.parametrize("text, field, expected", [
