@@ -51,10 +51,12 @@ def variant_repository(repository: Path, model: str, target: Path, options: Serv
 
 
 def describe(config: mc.ModelConfig) -> str:
-    """'2×CPU, batching ≤100 µs' — what a table row needs to say about the serving config."""
+    """'2 inst, batching ≤100 µs' — what a table row needs to say about the serving config."""
     instances = sum(group.count for group in config.instance_group) or 2
     if not config.HasField("dynamic_batching"):
         return f"{instances} inst, no batching"
     batching = config.dynamic_batching
     preferred = f", pref {list(batching.preferred_batch_size)}" if batching.preferred_batch_size else ""
-    return f"{instances} inst, batching ≤{batching.max_queue_delay_microseconds} µs{preferred}"
+    delay = batching.max_queue_delay_microseconds
+    wait = f"≤{delay} µs" if delay else "no delay"
+    return f"{instances} inst, batching {wait}{preferred}"

@@ -76,8 +76,10 @@ def test_burst_beyond_capacity_is_refused_fast_and_the_server_recovers(tmp_path,
     measured = {}
     for label, queue_size in (("bounded", 16), ("unbounded", 0)):
         repository = tmp_path / label
-        # Delay 0: on Triton 2.51 a bounded queue with a batching delay stalls the batcher (BOUNDED_QUEUE_WARNING).
-        export_model(demo_model, repository, options=ServingOptions(max_queue_size=queue_size, max_queue_delay_us=0))
+        # Delay 0 and 2 instances: on Triton 2.51 a bounded queue stalls the batcher for up to ~0.5 s with a
+        # batching delay (BOUNDED_QUEUE_WARNING), and often with a single instance during a burst too.
+        export_model(demo_model, repository, options=ServingOptions(max_queue_size=queue_size, max_queue_delay_us=0,
+                                                                    instances=2))
         server = server_factory(repository, watch_interval_s=None)
         before = model_stats(server)
         answers = burst(server, demo_model.X_val, 3000)
