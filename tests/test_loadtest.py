@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import csv
+import json
+import os
+import signal
+import subprocess
 import sys
+import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +123,48 @@ def test_unreachable_server_ends_the_run_early_with_a_failure():
     ])
     assert code == 1, output[-3000:]
     assert "HTTP user cannot start" in output and "not ready" in output, output[-3000:]
+
+
+@pytest.mark.integration
+def test_locust_web_ui_runs_both_users(triton, tmp_path):
+    """`locust -f loadtest/locustfile.py` with Locust's own web UI: start a swarm through it, read its stats."""
+    web = f"http://127.0.0.1:{free_port()}"
+    log = tmp_path / "locust.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "locust", "-f", LOCUSTFILE, "--web-host", "127.0.0.1",
+             "--web-port", web.rsplit(":", 1)[1], "--host", f"http://{triton.endpoints.http}",
+             "--grpc-host", triton.endpoints.grpc],
+            cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"web UI not up:\n{log.read_text()[-3000:]}"
+            try:
+                with urllib.request.urlopen(web + "/", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        form = urllib.parse.urlencode({"user_count": 2, "spawn_rate": 2, "host": f"http://{triton.endpoints.http}"})
+        with urllib.request.urlopen(urllib.request.Request(web + "/swarm", data=form.encode()), timeout=10) as r:
+            assert json.loads(r.read())["success"] is True
+        deadline = time.monotonic() + 30
+        while True:
+            with urllib.request.urlopen(web + "/stats/requests", timeout=10) as r:
+                stats = {row["method"]: row for row in json.loads(r.read())["stats"] if row["name"] != "Aggregated"}
+            if all(stats.get(kind, {}).get("num_requests", 0) >= 20 for kind in ("HTTP", "gRPC")):
+                break
+            assert time.monotonic() < deadline, f"no traffic through the web UI: {stats}\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        assert stats["HTTP"]["num_failures"] == 0 and stats["gRPC"]["num_failures"] == 0, stats
+        urllib.request.urlopen(urllib.request.Request(web + "/stop", data=b"", method="POST"), timeout=10).close()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
