@@ -117,6 +117,8 @@ def _translate_onnx_model(source: Path, config: mc.ModelConfig, available: list[
 
 def canonical_state(canonical: Path) -> tuple:
     """A cheap fingerprint of the canonical repository: what changes when a version or config does."""
+    if not canonical.is_dir():
+        return ()  # derive() says what is wrong
     state = []
     for model_dir in model_dirs(canonical):
         for entry in sorted(model_dir.iterdir()):

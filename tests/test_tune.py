@@ -43,20 +43,20 @@ def test_two_config_sweep_applies_the_best_to_the_repository(demo_repository, tm
     shutil.copytree(demo_repository, repository)
     config_path = repository / "random_forest" / "config.pbtxt"
     before = read_config(config_path)
-    assert [g.count for g in before.instance_group] == [2]
+    assert [g.count for g in before.instance_group] == [1]  # the export default; the sweep tries 2
 
     outcome = runner.invoke(app, [
         "tune", "--repository", str(repository), "--concurrency", "4", "--p99-budget-ms", "1000",
-        "--queue-delay-us", "0", "--queue-delay-us", "700", "--instances", "1",
+        "--queue-delay-us", "0", "--queue-delay-us", "700", "--instances", "2",
         "--duration-s", "1", "--warmup-s", "0.2", "--budget-s", "120", "--apply",
     ])
     assert outcome.exit_code == 0, outcome.output
     assert "best: delay" in outcome.output and f"wrote {config_path}" in outcome.output
 
     after = read_config(config_path)
-    assert [(g.count, g.kind) for g in after.instance_group] == [(1, mc.ModelInstanceGroup.KIND_CPU)]
+    assert [(g.count, g.kind) for g in after.instance_group] == [(2, mc.ModelInstanceGroup.KIND_CPU)]
     assert after.dynamic_batching.max_queue_delay_microseconds in (0, 700)
-    assert f"delay {after.dynamic_batching.max_queue_delay_microseconds} µs, 1 inst" in outcome.output
+    assert f"delay {after.dynamic_batching.max_queue_delay_microseconds} µs, 2 inst" in outcome.output
     # Only the batching changed: names, shapes, parameters and warmup are export's, kept as they were.
     for field in ("input", "output", "parameters", "model_warmup", "max_batch_size", "backend", "version_policy"):
         assert getattr(after, field) == getattr(before, field), field
