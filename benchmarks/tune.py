@@ -19,6 +19,7 @@ import numpy as np
 
 from ..export.triton_config import CONFIG_FILENAME, ServingOptions
 from ..loadtest.summary import ServerBreakdown, try_scrape
+from ..export.errors import first_line
 from ..serve.server import EmbeddedTriton
 from . import configs, loadgen
 
@@ -115,7 +116,7 @@ def measure_candidate(options: TuneOptions, candidate: Candidate) -> TuneResult:
                                     warmup_s=0)
             after, _ = try_scrape(server.endpoints.metrics, options.model)
         except Exception as exc:
-            result.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            result.error = first_line(exc)
             return result
         finally:
             server.stop()

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
+from ..export.errors import first_line
 from .client import ClientError, RandomForestClient
 
 app = typer.Typer()
@@ -29,7 +30,7 @@ def read_rows(path: Path):
     try:
         return pd.read_csv(path)
     except Exception as exc:  # pandas raises many types for unreadable files
-        raise ClientError(f"cannot read CSV {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise ClientError(f"cannot read CSV {path}: {first_line(exc)}") from None
 
 
 @app.command("predict")

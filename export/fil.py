@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import parity
-from .errors import ExportError
+from .errors import ExportError, first_line
 from .onnx_convert import GraphSignature
 
 # Names the FIL backend requires.
@@ -45,7 +45,7 @@ def convert(estimator, n_features: int) -> bytes:
         model = treelite.sklearn.import_model(forest)
     except Exception as exc:  # treelite raises TreeliteError/NotImplementedError for what it cannot import
         raise ExportError(f"treelite cannot import this model: {type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+                          f"{first_line(exc)}") from exc
     if model.num_feature != n_features:
         raise ExportError(f"treelite model has {model.num_feature} features, expected {n_features}")
     return bytes(model.serialize_bytes())

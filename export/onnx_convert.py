@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import parity
-from .errors import ExportError
+from .errors import ExportError, first_line
 from .parity import ParityReport, relative_errors  # noqa: F401  (re-exported: callers use them from here)
 
 INPUT_NAME = "X"
@@ -39,7 +39,7 @@ def convert(estimator, n_features: int) -> bytes:
             target_opset=TARGET_OPSET,
         )
     except Exception as exc:  # skl2onnx raises RuntimeError/NotImplementedError/... for unsupported steps
-        raise ExportError(f"skl2onnx cannot convert this model: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        raise ExportError(f"skl2onnx cannot convert this model: {type(exc).__name__}: {first_line(exc)}") from exc
     onnx_model.doc_string = "RandomForestRegressor exported by rf-triton"
     return onnx_model.SerializeToString()
 

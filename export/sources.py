@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ExportError
+from .errors import ExportError, first_line
 
 DEMO_N_FEATURES = 5
 DEMO_N_ESTIMATORS = 50
@@ -76,7 +76,7 @@ def train_from_csv(path: Path, target: str, n_estimators: int, max_depth: int | 
     try:
         frame = pd.read_csv(path)
     except Exception as exc:  # pandas raises many types for unreadable files
-        raise ExportError(f"cannot read CSV {path}: {_first_line(exc)}") from exc
+        raise ExportError(f"cannot read CSV {path}: {first_line(exc)}") from exc
     if target not in frame.columns:
         raise ExportError(f"target column {target!r} not in {path} (columns: {', '.join(map(str, frame.columns))})")
     features = frame.drop(columns=[target])
@@ -114,7 +114,7 @@ def load_pickled(path: Path) -> TrainedModel:
     try:
         estimator = joblib.load(path)
     except Exception as exc:  # corrupt or foreign files raise anything from EOFError to UnpicklingError
-        raise ExportError(f"cannot load model from {path}: {type(exc).__name__}: {_first_line(exc)}") from exc
+        raise ExportError(f"cannot load model from {path}: {type(exc).__name__}: {first_line(exc)}") from exc
     forest = final_forest(estimator) if isinstance(estimator, Pipeline) else estimator
     if not isinstance(forest, RandomForestRegressor):
         what = type(forest).__name__
@@ -176,9 +176,4 @@ def _probe_inputs(estimator, n_features: int, n_rows: int = 2000, seed: int = 0)
         except (AttributeError, ValueError, TypeError):
             rows = rng.standard_normal((n_rows, n_features))
     return np.asarray(rows, dtype=np.float32)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -47,10 +47,6 @@ class ServingOptions:
     queue_timeout_us: int | None = None
     allow_timeout_override: bool | None = None
     priority_levels: int | None = None
-
-    def with_defaults(self, defaults: "ServingOptions") -> "ServingOptions":
-        return replace(self, **{f.name: getattr(defaults, f.name) for f in fields(self)
-                                if getattr(self, f.name) is None})
 
 
 # Measured on 2 cores with the embedded server (HTTP, wrk, 1-row requests), one single-threaded

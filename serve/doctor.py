@@ -22,7 +22,7 @@ from rich.text import Text
 from tritonclient.grpc import model_config_pb2 as mc
 
 from ..export import fil, onnx_convert
-from ..export.errors import ExportError
+from ..export.errors import ExportError, first_line
 from ..export.onnx_convert import GraphSignature
 from ..export.repository import versions
 from ..export.triton_config import CONFIG_FILENAME, FIL_FILENAME, ONNX_FILENAME, PLATFORM_BACKENDS, read_config
@@ -239,7 +239,7 @@ def check_graph(model_dir: Path, config: mc.ModelConfig, complete: list[int], re
         try:
             graph = read_signature((model_dir / str(version) / filename).read_bytes())
         except Exception as exc:  # onnx and treelite raise their own decode errors for damaged files
-            problems.append(f"version {version}: {filename} is not a readable {kind} ({_first_line(exc)})")
+            problems.append(f"version {version}: {filename} is not a readable {kind} ({type(exc).__name__}: {first_line(exc)})")
             continue
         problems += [f"version {version}: {p}" for p in mismatches(config, graph)]
         signatures.add(f"{graph.input_name} FP32 {graph.input_dims} -> {graph.output_name} FP32 {graph.output_dims}")
@@ -310,11 +310,6 @@ def _error_for(message: str, model: str, limit: int = 400) -> str:
         [message.strip().splitlines()[0] if message.strip() else "failed"]
     line = (about or fallback)[-1]
     return line if len(line) <= limit else line[:limit] + "..."
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def run_checks(repository: Path, host: str, ports: dict[str, int], load: bool, ready_timeout_s: float) -> list[Check]:

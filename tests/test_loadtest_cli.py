@@ -89,8 +89,9 @@ def test_protocol_picks_the_locust_user_classes():
 
 
 @pytest.mark.integration
-def test_loadtest_over_both_protocols_summarises_client_and_server(triton, tmp_path):
-    e = triton.endpoints
+def test_loadtest_over_both_protocols_summarises_client_and_server(server_factory, demo_repository, tmp_path):
+    # A server of its own: the shared one's counters may still move from earlier tests' bad requests.
+    e = server_factory(demo_repository).endpoints
     result = runner.invoke(app, [
         "loadtest", "--url", f"http://{e.http}", "--grpc-url", e.grpc, "--metrics-url", e.metrics,
         "--users", "4", "--spawn-rate", "4", "--run-time", "3s", "--protocol", "both",
@@ -107,7 +108,9 @@ def test_loadtest_over_both_protocols_summarises_client_and_server(triton, tmp_p
     server = summary["server"]
     assert server is not None, summary["server_note"]
     assert server["successful_request_count"] >= client["all"]["request_count"]
-    assert server["failed_request_count"] == 0
+    # Locust stops its users mid-request at --run-time: each of the 4 may leave one call cancelled,
+    # which Triton counts as failed; nothing else may fail.
+    assert server["failed_request_count"] <= 4
     assert server["avg_batch_size"] >= 1.0
     assert server["compute_infer_us"] > 0 and server["queue_us"] >= 0
     for heading in ("Throughput (infer/sec)", "p99 latency (ms)", "Server: avg batch size", "Server: queue (usec)"):
