@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..errors import fail
 from ..export.errors import ExportError
 from ..serve.runtime_repository import RepositoryError
 from ..serve.server import ServerStartError
@@ -52,8 +53,7 @@ def bench(
     try:
         report = bench_module.run_bench(options, log=typer.echo)
     except FAILURES as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None
     paths = bench_module.write_report(report, out)
     typer.echo(bench_module.markdown(report))
     typer.echo(f"wrote {paths['table']}, {paths['plot']}, {paths['json']}")
@@ -104,13 +104,11 @@ def tune(
     if skipped:
         console.print(f"[yellow]{skipped} configuration(s) skipped: --budget-s {budget_s:g} reached[/]")
     if chosen is None:
-        typer.echo(f"error: no configuration kept p99 within {p99_budget_ms:g} ms without failures", err=True)
-        raise typer.Exit(1)
+        raise fail(f"no configuration kept p99 within {p99_budget_ms:g} ms without failures")
     typer.echo(f"best: {chosen.candidate.label()} — {chosen.throughput:,.0f} req/s, p99 {chosen.p99_ms:.2f} ms")
     if apply:
         try:
             path = tune_module.apply(repository, model, chosen.candidate)
         except FAILURES as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
+            raise fail(str(exc)) from None
         typer.echo(f"wrote {path}")

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
+from ..errors import fail
 from ..export.errors import first_line
 from .client import ClientError, RandomForestClient
 
@@ -54,7 +55,6 @@ def predict(
                                 timeout_s=timeout_s, init_timeout_s=timeout_s) as client:
             predictions = client.predict(rows)
     except (ClientError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None
     for value in np.atleast_1d(predictions):
         typer.echo(f"{float(value):.6g}")

@@ -15,6 +15,7 @@ from rich.table import Table
 from tritonclient.utils import InferenceServerException
 
 from .. import CONTROL_KEY_ENV, CONTROL_KEY_HEADER, GRPC_CONTROL_KEY_HEADER
+from ..errors import fail
 from .client import split_url
 
 app = typer.Typer()
@@ -75,11 +76,9 @@ def _run(action):
     try:
         return action()
     except InferenceServerException as exc:
-        typer.echo(f"error: {exc.message()} (status {exc.status()})", err=True)
-        raise typer.Exit(1) from None
+        raise fail(f"{exc.message()} (status {exc.status()})") from None
     except (OSError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None
 
 
 def parse_versions(text: str | None) -> list[int] | None:

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from ..errors import fail
 from . import sources
 from .errors import ExportError
 from .pipeline import DEFAULT_FORMAT, DEFAULT_MODEL_NAME, DEFAULT_TOLERANCE, FORMATS, export_model
@@ -17,12 +18,6 @@ from .triton_config import (
 
 app = typer.Typer()
 console = Console(stderr=True)
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """One clear line on stderr, then exit: no traceback for a user's mistake."""
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
 
 
 @app.command("export")

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from ..client.client import split_url
+from ..errors import fail
 from ..serve.runtime_repository import RepositoryError
 from ..serve.server import EmbeddedTriton, ServerStartError
 from ..serve.triton_binary import TritonNotAvailable
@@ -84,13 +85,11 @@ def loadtest(
             with status.status(f"Locust: {users} users over {protocol} for {run_time}"):
                 result = run_loadtest(options)
     except (ValueError, LoadTestError, TritonNotAvailable, RepositoryError, ServerStartError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None
     console.print(summary_table(result.summary))
     if summary_json:
         summary_json.write_text(json.dumps(result.summary.to_dict(), indent=2))
     failures = result.summary.total.failure_count
     if result.returncode != 0 or failures:
         tail = "\n".join(result.output.strip().splitlines()[-15:])
-        typer.echo(f"error: locust exited with {result.returncode}, {failures} failed requests\n{tail}", err=True)
-        raise typer.Exit(1)
+        raise fail(f"locust exited with {result.returncode}, {failures} failed requests\n{tail}")

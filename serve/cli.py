@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from .. import CONTROL_KEY_ENV, CONTROL_KEY_HEADER
+from ..errors import fail
 from .runtime_repository import RepositoryError
 from .server import EmbeddedTriton, ServerStartError
 from .triton_binary import TritonNotAvailable
@@ -66,16 +67,13 @@ def serve(
         while server.is_running():
             time.sleep(0.5)
         code = server.process.poll()
-        typer.echo(f"error: tritonserver exited unexpectedly (code {code}):\n{server.log_tail()}", err=True)
-        raise typer.Exit(1)
+        raise fail(f"tritonserver exited unexpectedly (code {code}):\n{server.log_tail()}")
     except (TritonNotAvailable, RepositoryError, ServerStartError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None
     except (KeyboardInterrupt, _Stop):
         console.print("stopping tritonserver")
     finally:
         code = server.stop()
         signal.signal(signal.SIGTERM, previous)
     if code not in (0, None):
-        typer.echo(f"error: tritonserver exited with code {code}:\n{server.final_log_tail}", err=True)
-        raise typer.Exit(1)
+        raise fail(f"tritonserver exited with code {code}:\n{server.final_log_tail}")

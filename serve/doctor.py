@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 from tritonclient.grpc import model_config_pb2 as mc
 
+from ..errors import fail
 from ..export import fil, onnx_convert
 from ..export.errors import ExportError, first_line
 from ..export.onnx_convert import GraphSignature
@@ -350,8 +351,7 @@ def doctor(
     embedded server loads it). Exits 0 when nothing failed (warnings allowed), 1 otherwise.
     """
     if not repository.is_dir():
-        typer.echo(f"error: model repository not found: {repository} (give one with --repository)", err=True)
-        raise typer.Exit(1)
+        raise fail(f"model repository not found: {repository} (give one with --repository)")
     ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
     console = Console()  # made here so that COLUMNS set by the caller applies
     rows = run_checks(repository, host, ports, load, ready_timeout_s)

@@ -1,0 +1,9 @@
+"""How every rf-triton command reports a failure: one `error:` line on stderr and a non-zero exit."""
+
+import typer
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print `error: MESSAGE` on stderr and return the Exit to raise: no traceback for a user's mistake."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
