@@ -249,13 +249,30 @@ class EmbeddedTriton:
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def post(self, path: str, body: bytes, headers: dict[str, str] | None = None, *,
+             timeout_s: float = 30.0) -> tuple[int, str]:
+        """POST `body` to `path` on the HTTP endpoint; (status, text), an error answer included."""
+        request = urllib.request.Request(f"http://{self.endpoints.http}{path}", data=body, method="POST",
+                                         headers=headers or {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
     def model_index(self) -> list[dict]:
         """The repository index (name, version, state) as the server sees it."""
-        request = urllib.request.Request(f"http://{self.endpoints.http}/v2/repository/index", data=b"{}",
-                                         method="POST",
-                                         headers={"Content-Type": "application/json", **self.control_headers})
-        with urllib.request.urlopen(request, timeout=5.0) as response:
-            return json.loads(response.read())
+        status, text = self.post("/v2/repository/index", b"{}",
+                                 {"Content-Type": "application/json", **self.control_headers}, timeout_s=5.0)
+        if status != 200:
+            raise OSError(f"repository index answered HTTP {status}: {text}")
+        return json.loads(text)
+
+    def model_stats(self, model: str) -> dict:
+        """Triton's statistics of `model` (counts and cumulated times), as /v2/models/<model>/stats gives them."""
+        with urllib.request.urlopen(f"http://{self.endpoints.http}/v2/models/{model}/stats", timeout=10) as response:
+            (stats,) = json.loads(response.read())["model_stats"]
+        return stats
 
     def log_tail(self, lines: int = 40) -> str:
         if not self.log_path or not self.log_path.is_file():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import threading
-import urllib.error
 import urllib.request
 
 import numpy as np
@@ -78,21 +77,11 @@ TRITON_HTTP_500 = {
 }
 
 
-def post(base: str, path: str, body: bytes, headers: dict | None) -> tuple[int, str]:
-    request = urllib.request.Request(base + path, data=body, method="POST",
-                                     headers=headers or {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
 def assert_still_serving(triton, demo_model) -> None:
     with urllib.request.urlopen(f"http://{triton.endpoints.http}/v2/health/ready", timeout=5) as response:
         assert response.status == 200
     row = demo_model.X_val[:1]
-    status, body = post(f"http://{triton.endpoints.http}", INFER, infer_body(tensor(data=row[0].tolist())), None)
+    status, body = triton.post(INFER, infer_body(tensor(data=row[0].tolist())))
     assert status == 200, body
     (value,) = json.loads(body)["outputs"][0]["data"]
     assert value == pytest.approx(demo_model.estimator.predict(row)[0], rel=1e-4)
@@ -105,7 +94,7 @@ def test_the_table_is_large_enough():
 @pytest.mark.parametrize("case", list(HTTP_CASES) + list(TRITON_HTTP_500))
 def test_http_bad_request(case, triton, demo_model):
     path, body, headers, expected, words = {**HTTP_CASES, **TRITON_HTTP_500}[case]
-    status, text = post(f"http://{triton.endpoints.http}", path, body, headers)
+    status, text = triton.post(path, body, headers)
     assert status == expected, (status, text)
     assert words in json.loads(text)["error"], text
     assert_still_serving(triton, demo_model)
@@ -157,7 +146,6 @@ def test_grpc_bad_request(case, triton, demo_model):
 
 def test_concurrent_mix_of_good_and_bad_requests(triton, demo_model):
     """Bad requests from several threads at once never disturb the good ones beside them."""
-    base = f"http://{triton.endpoints.http}"
     rows = demo_model.X_val[:40]
     expected = demo_model.estimator.predict(rows)
     bad = list(HTTP_CASES.values())[:10] + list(TRITON_HTTP_500.values())
@@ -165,11 +153,11 @@ def test_concurrent_mix_of_good_and_bad_requests(triton, demo_model):
 
     def worker(offset: int) -> None:
         for i in range(offset, len(rows), 4):
-            status, body = post(base, INFER, infer_body(tensor(data=rows[i].tolist())), None)
+            status, body = triton.post(INFER, infer_body(tensor(data=rows[i].tolist())))
             if status != 200 or abs(json.loads(body)["outputs"][0]["data"][0] - expected[i]) > 1e-4 * abs(expected[i]) + 1e-4:
                 problems.append(f"good request {i}: {status} {body[:200]}")
             path, payload, headers, code, _ = bad[i % len(bad)]
-            status, body = post(base, path, payload, headers)
+            status, body = triton.post(path, payload, headers)
             if status != code:
                 problems.append(f"bad request {i}: expected {code}, got {status} {body[:200]}")
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import math
 import queue
 import time
-import urllib.request
 from functools import partial
 
 import numpy as np
@@ -23,11 +21,6 @@ from rf_triton.export.triton_config import ServingOptions, read_config
 
 pytestmark = pytest.mark.integration
 MODEL = "random_forest"
-
-
-def model_stats(server) -> dict:
-    with urllib.request.urlopen(f"http://{server.endpoints.http}/v2/models/{MODEL}/stats", timeout=10) as response:
-        return json.loads(response.read())["model_stats"][0]["inference_stats"]
 
 
 def burst(server, rows: np.ndarray, count: int) -> list[tuple[float, object]]:
@@ -81,9 +74,9 @@ def test_burst_beyond_capacity_is_refused_fast_and_the_server_recovers(tmp_path,
         export_model(demo_model, repository, options=ServingOptions(max_queue_size=queue_size, max_queue_delay_us=0,
                                                                     instances=2))
         server = server_factory(repository, watch_interval_s=None)
-        before = model_stats(server)
+        before = server.model_stats(MODEL)["inference_stats"]
         answers = burst(server, demo_model.X_val, 3000)
-        after = model_stats(server)
+        after = server.model_stats(MODEL)["inference_stats"]
         accepted = after["success"]["count"] - before["success"]["count"]
         queue_ms = (after["queue"]["ns"] - before["queue"]["ns"]) / max(accepted, 1) / 1e6
         served = [seconds for seconds, error in answers if error is None]

@@ -10,8 +10,6 @@ import shutil
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -253,23 +251,13 @@ def test_a_corrupt_new_version_does_not_take_down_the_serving_one(own_repository
     assert server.is_running()
 
 
-def http_status(url: str, headers: dict | None = None) -> int:
-    request = urllib.request.Request(url, data=b"{}", method="POST",
-                                     headers={"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
 def test_control_api_needs_the_key_and_inference_does_not(own_repository, server_factory, demo_model, monkeypatch):
     server = server_factory(own_repository, control_key="s3cret")
-    base = f"http://{server.endpoints.http}/v2/repository"
+    json_body = {"Content-Type": "application/json"}
     for path in ("/index", f"/models/{MODEL}/load", f"/models/{MODEL}/unload"):
-        assert http_status(base + path) == 403, path
-        assert http_status(base + path, {CONTROL_KEY_HEADER: "wrong"}) == 403, path
-    assert http_status(base + "/index", {CONTROL_KEY_HEADER: "s3cret"}) == 200
+        assert server.post(f"/v2/repository{path}", b"{}")[0] == 403, path
+        assert server.post(f"/v2/repository{path}", b"{}", {**json_body, CONTROL_KEY_HEADER: "wrong"})[0] == 403, path
+    assert server.post("/v2/repository/index", b"{}", {**json_body, CONTROL_KEY_HEADER: "s3cret"})[0] == 200
 
     grpc = grpcclient.InferenceServerClient(server.endpoints.grpc)
     try:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import queue
-import urllib.error
-import urllib.request
 from functools import partial
 
 import numpy as np
@@ -34,8 +32,7 @@ def client(request, triton):
 
 
 def stats(triton) -> dict:
-    with urllib.request.urlopen(f"http://{triton.endpoints.http}/v2/models/{MODEL}/stats", timeout=5) as r:
-        (model_stats,) = json.loads(r.read())["model_stats"]
+    model_stats = triton.model_stats(MODEL)
     return {"inferences": model_stats["inference_count"], "executions": model_stats["execution_count"],
             "requests": model_stats["inference_stats"]["success"]["count"]}
 
@@ -134,17 +131,6 @@ def test_unknown_model_is_reported(triton):
         RandomForestClient(triton.endpoints.http, model="no_such_model", init_timeout_s=0.5).connect()
 
 
-def post_json(triton, body: dict) -> tuple[int, str]:
-    request = urllib.request.Request(f"http://{triton.endpoints.http}/v2/models/{MODEL}/infer",
-                                     data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
 RAW_HTTP_BAD = {
     "wrong feature count": ({"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}, "shape"),
     "wrong dtype": ({"name": "X", "shape": [1, 5], "datatype": "FP64", "data": [1, 2, 3, 4, 5]}, "data-type"),
@@ -157,11 +143,11 @@ RAW_HTTP_BAD = {
 @pytest.mark.parametrize("case", list(RAW_HTTP_BAD))
 def test_raw_http_bad_request_gets_4xx_and_server_keeps_serving(case, triton, demo_model):
     tensor, word = RAW_HTTP_BAD[case]
-    status, body = post_json(triton, {"inputs": [tensor]})
+    status, body = triton.post(f"/v2/models/{MODEL}/infer", json.dumps({"inputs": [tensor]}).encode())
     assert 400 <= status < 500, (status, body)
     assert word in json.loads(body)["error"]
-    status, body = post_json(triton, {"inputs": [
-        {"name": "X", "shape": [1, 5], "datatype": "FP32", "data": demo_model.X_val[0].tolist()}]})
+    status, body = triton.post(f"/v2/models/{MODEL}/infer", json.dumps({"inputs": [
+        {"name": "X", "shape": [1, 5], "datatype": "FP32", "data": demo_model.X_val[0].tolist()}]}).encode())
     assert status == 200, body
     (value,) = json.loads(body)["outputs"][0]["data"]
     assert value == pytest.approx(demo_model.estimator.predict(demo_model.X_val[:1])[0], rel=1e-4)
