@@ -18,10 +18,9 @@ import pytest
 
 from rf_triton.loadtest.payload import PayloadError, csv_feature_table, random_rows, sample_csv_rows
 from rf_triton.loadtest.runner import LoadTestError, run_bounded
-from rf_triton.serve.server import EmbeddedTriton, free_port
+from rf_triton.serve.server import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-MODEL_REPOSITORY = PROJECT_ROOT / "model_repository"
 LOCUSTFILE = "loadtest/locustfile.py"
 LOCUST_HARD_TIMEOUT_S = 60
 FEATURES = ["x0", "x1", "x2", "x3", "x4"]
@@ -73,21 +72,6 @@ def test_unusable_csv_is_refused_with_a_reason(tmp_path, content, message):
 
 
 # -- headless Locust run against the real tritonserver -----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def triton():
-    server = EmbeddedTriton.on_free_ports(MODEL_REPOSITORY)
-    try:
-        server.start()
-    except Exception as exc:
-        tail = server.log_tail()
-        server.stop()
-        pytest.fail(f"tritonserver did not start: {exc}\n--- server log ---\n{tail}", pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def run_locust(args: list[str], timeout_s: float = LOCUST_HARD_TIMEOUT_S) -> tuple[int, str]:
