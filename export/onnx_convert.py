@@ -1,81 +1,203 @@
-"""sklearn → ONNX with skl2onnx, and the parity check against ONNX Runtime on the exported bytes."""
+"""sklearn → ONNX with skl2onnx, made to predict exactly what sklearn predicts, and checked on the
+ONNX Runtime that the stock container runs.
+
+What skl2onnx leaves out is written into the graph here, so that the model file itself carries it
+(the stock onnxruntime backend, the embedded server and any ONNX consumer then agree):
+- each split's missing-value direction (`nodes_missing_value_tracks_true`) from sklearn's
+  `tree_.missing_go_to_left` (skl2onnx writes all zeros: NaN would always go right);
+- the declared output shapes (a multi-output regressor is declared [N, 1] by skl2onnx);
+- a classifier's label as [N, 1], so that Triton's batched dims [1] describe it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from ..signature import BYTES, CLASSIFICATION, FP32, INT64, LABELS_FILENAME, Signature, Tensor
 from . import parity
 from .errors import ExportError, first_line
-from .parity import ParityReport, relative_errors  # noqa: F401  (re-exported: callers use them from here)
+from .parity import ParityReport, Prediction
 
 INPUT_NAME = "X"
-OUTPUT_NAME = "variable"
-# Opsets that the stock container's ONNX Runtime (24.10 ships ORT 1.19) reads.
+VALUES_OUTPUT = "variable"
+LABEL_OUTPUT = "label"
+PROBABILITIES_OUTPUT = "probabilities"
+# Opsets that the stock container's ONNX Runtime (24.10 ships ORT 1.19.2) reads; TreeEnsemble
+# (ai.onnx.ml opset 5, double-precision trees) arrived in ORT 1.20, so the trees stay FP32.
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
+CONTAINER_ORT = "1.19.2"
+MAX_IR_VERSION = 10  # what ORT 1.19 reads
+TREE_OPS = {"TreeEnsembleRegressor", "TreeEnsembleClassifier"}
+ONNX_TYPES = {FP32: "tensor(float)", INT64: "tensor(int64)", BYTES: "tensor(string)"}
 
 
-@dataclass(frozen=True)
-class GraphSignature:
-    """What Triton needs to know about the graph: one FP32 input and one FP32 output."""
-
-    input_name: str
-    input_dims: list[int]  # batch dimension stripped
-    output_name: str
-    output_dims: list[int]
-
-
-def convert(estimator, n_features: int) -> bytes:
-    """Convert a fitted RandomForestRegressor (or Pipeline) to ONNX with a dynamic batch dimension."""
+def convert(trained) -> bytes:
+    """Convert a fitted forest (or Pipeline) to ONNX with a dynamic batch dimension."""
+    import onnx
     from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import FloatTensorType
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 
+    if trained.columnar:
+        initial_types = [(name, StringTensorType([None, 1]) if name in trained.string_columns
+                          else FloatTensorType([None, 1])) for name in trained.feature_names]
+    else:
+        initial_types = [(INPUT_NAME, FloatTensorType([None, trained.n_features]))]
+    options = {id(trained.forest): {"zipmap": False}} if trained.task == CLASSIFICATION else None
     try:
-        onnx_model = convert_sklearn(
-            estimator,
-            initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
-            final_types=[(OUTPUT_NAME, FloatTensorType([None, 1]))],
-            target_opset=TARGET_OPSET,
-        )
+        model = convert_sklearn(trained.estimator, initial_types=initial_types, target_opset=TARGET_OPSET,
+                                options=options)
     except Exception as exc:  # skl2onnx raises RuntimeError/NotImplementedError/... for unsupported steps
-        raise ExportError(f"skl2onnx cannot convert this model: {type(exc).__name__}: {first_line(exc)}") from exc
-    onnx_model.doc_string = "RandomForestRegressor exported by rf-triton"
-    return onnx_model.SerializeToString()
+        raise ExportError(f"skl2onnx cannot convert {_steps(trained.estimator)}: "
+                          f"{type(exc).__name__}: {first_line(exc)}") from exc
+    _route_missing_values(model.graph, trained.forest)
+    _declare_outputs(model.graph, trained)
+    model.doc_string = f"{type(trained.forest).__name__} exported by rf-triton"
+    if model.ir_version > MAX_IR_VERSION:
+        model.ir_version = MAX_IR_VERSION
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
 
 
-def signature(onnx_bytes: bytes) -> GraphSignature:
-    """Read the input/output names and dims from an ONNX graph (batch dim stripped)."""
+def _steps(estimator) -> str:
+    steps = getattr(estimator, "steps", None)
+    if not steps:
+        return f"this {type(estimator).__name__}"
+    return "the Pipeline (" + " → ".join(f"{name}: {type(step).__name__}" for name, step in steps) + ")"
+
+
+def _route_missing_values(graph, forest) -> None:
+    """Write sklearn's learned NaN direction into every split of the tree-ensemble node."""
+    import onnx
+
+    nodes = [n for n in graph.node if n.op_type in TREE_OPS]
+    if len(nodes) != 1:
+        raise ExportError(f"expected one tree-ensemble node in the graph, found {len(nodes)}")
+    node = nodes[0]
+    attributes = {a.name: a for a in node.attribute}
+    trees = np.asarray(attributes["nodes_treeids"].ints)
+    node_ids = np.asarray(attributes["nodes_nodeids"].ints)
+    directions = np.zeros(len(trees), dtype=np.int64)
+    for tree_id, estimator in enumerate(forest.estimators_):
+        here = trees == tree_id
+        directions[here] = np.asarray(estimator.tree_.missing_go_to_left, dtype=np.int64)[node_ids[here]]
+    if "nodes_missing_value_tracks_true" in attributes:
+        node.attribute.remove(attributes["nodes_missing_value_tracks_true"])
+    node.attribute.append(onnx.helper.make_attribute("nodes_missing_value_tracks_true", directions.tolist()))
+
+
+def _declare_outputs(graph, trained) -> None:
+    """Regression: [N, n_outputs]. Classification: label [N, 1] (an Unsqueeze), probabilities [N, n_classes]."""
+    import onnx
+    from onnx import helper
+
+    outputs = {o.name: o for o in graph.output}
+    if trained.task != CLASSIFICATION:
+        (output,) = graph.output
+        output.type.tensor_type.shape.dim[1].dim_value = trained.n_outputs
+        return
+    if set(outputs) != {LABEL_OUTPUT, PROBABILITIES_OUTPUT}:
+        raise ExportError(f"unexpected classifier outputs {sorted(outputs)}")
+    outputs[PROBABILITIES_OUTPUT].type.tensor_type.shape.dim[1].dim_value = len(trained.classes)
+    flat = f"{LABEL_OUTPUT}_flat"
+    for node in graph.node:
+        node.output[:] = [flat if name == LABEL_OUTPUT else name for name in node.output]
+    axes = f"{LABEL_OUTPUT}_axes"
+    graph.initializer.append(helper.make_tensor(axes, onnx.TensorProto.INT64, [1], [1]))
+    graph.node.append(helper.make_node("Unsqueeze", [flat, axes], [LABEL_OUTPUT], name="label_as_column"))
+    label = outputs[LABEL_OUTPUT]
+    label.type.tensor_type.shape.ClearField("dim")
+    label.type.tensor_type.shape.dim.add()  # batch, dynamic
+    label.type.tensor_type.shape.dim.add().dim_value = 1
+
+
+def signature(onnx_bytes: bytes, trained) -> Signature:
+    """Inputs and outputs as the graph declares them (batch dim stripped), with the model's task."""
     import onnx
 
     graph = onnx.load_from_string(onnx_bytes).graph
-    inputs = [i for i in graph.input if i.name not in {init.name for init in graph.initializer}]
-    if len(inputs) != 1 or len(graph.output) != 1:
-        raise ExportError(f"expected one input and one output, the graph has {len(inputs)} and {len(graph.output)}")
+    initializers = {init.name for init in graph.initializer}
+    datatypes = {onnx.TensorProto.FLOAT: FP32, onnx.TensorProto.INT64: INT64, onnx.TensorProto.STRING: BYTES}
 
-    def dims(value_info) -> list[int]:
-        tensor = value_info.type.tensor_type
-        if tensor.elem_type != onnx.TensorProto.FLOAT:
-            raise ExportError(f"{value_info.name} is not FP32")
-        shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
-        return shape[1:]
+    def tensor(value_info, label_filename: str = "") -> Tensor:
+        t = value_info.type.tensor_type
+        if t.elem_type not in datatypes:
+            raise ExportError(f"{value_info.name} has ONNX type {t.elem_type}, not FP32, INT64 or string")
+        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim)[1:]
+        if not dims or any(d < 1 for d in dims):
+            raise ExportError(f"{value_info.name} has no fixed shape past the batch dimension: {dims}")
+        return Tensor(value_info.name, datatypes[t.elem_type], dims, label_filename)
 
-    return GraphSignature(inputs[0].name, dims(inputs[0]), graph.output[0].name, dims(graph.output[0]))
+    inputs = tuple(tensor(i) for i in graph.input if i.name not in initializers)
+    outputs = tuple(tensor(o, LABELS_FILENAME if o.name == PROBABILITIES_OUTPUT else "") for o in graph.output)
+    found = Signature(trained.task, inputs, outputs, tuple(trained.feature_names), trained.classes)
+    _check_against_model(found, trained)
+    return found
 
 
-def ort_predict(onnx_bytes: bytes, X: np.ndarray, threads: int = 1) -> np.ndarray:
+def _check_against_model(found: Signature, trained) -> None:
+    """The graph's shapes must be what the model computes: never write a config that lies."""
+    if found.is_classifier:
+        if found.probabilities is None or found.probabilities.dims != (len(trained.classes),):
+            raise ExportError(f"the graph's probabilities do not have {len(trained.classes)} classes per row")
+    elif len(found.outputs) != 1 or found.outputs[0].dims != (trained.n_outputs,):
+        raise ExportError(f"the graph's output dims {[o.dims for o in found.outputs]} do not match the "
+                          f"{trained.n_outputs} output(s) of the model")
+    expected_inputs = len(trained.feature_names) if trained.columnar else 1
+    if len(found.inputs) != expected_inputs:
+        raise ExportError(f"the graph has {len(found.inputs)} inputs, expected {expected_inputs}")
+
+
+def session(onnx_bytes: bytes, threads: int = 1):
+    """An ONNX Runtime session; a graph this ONNX Runtime cannot load is refused in one line."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
-    (output,) = session.run(None, {session.get_inputs()[0].name: np.asarray(X, dtype=np.float32)})
-    return np.asarray(output).reshape(-1)
+    options.log_severity_level = 3  # errors only
+    try:
+        return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
+        raise ExportError(f"ONNX Runtime {ort.__version__} cannot load this graph: {first_line(exc)}") from exc
 
 
-def check_parity(estimator, onnx_bytes: bytes, X: np.ndarray, tolerance: float) -> ParityReport:
-    """Predict X with sklearn and with ONNX Runtime on the exported bytes; compare."""
-    return parity.check_parity(estimator, lambda rows: ort_predict(onnx_bytes, rows), X, tolerance, "ONNX")
+def feeds(sess, rows) -> dict[str, np.ndarray]:
+    """ONNX Runtime inputs for `rows`: a float32 matrix, or one (rows, 1) column per input."""
+    names = [i.name for i in sess.get_inputs()]
+    if not hasattr(rows, "columns"):
+        return {names[0]: np.asarray(rows, dtype=np.float32)}
+    result = {}
+    for item in sess.get_inputs():
+        column = rows[item.name].to_numpy()
+        if item.type == ONNX_TYPES[BYTES]:
+            result[item.name] = column.astype(str).astype(object).reshape(-1, 1)
+        else:
+            result[item.name] = column.astype(np.float32).reshape(-1, 1)
+    return result
+
+
+def predict(onnx_bytes: bytes, rows, threads: int = 1) -> Prediction:
+    """ONNX Runtime's prediction for `rows`, laid out like sklearn's."""
+    sess = session(onnx_bytes, threads)
+    names = [o.name for o in sess.get_outputs()]
+    try:
+        results = dict(zip(names, sess.run(None, feeds(sess, rows))))
+    except Exception as exc:  # a graph that loads but fails on these rows
+        raise ExportError(f"ONNX Runtime failed on the parity rows: {first_line(exc)}") from exc
+    if PROBABILITIES_OUTPUT in results:
+        return Prediction(probabilities=results[PROBABILITIES_OUTPUT], labels=results[LABEL_OUTPUT].reshape(-1))
+    values = results[names[0]]
+    return Prediction(values=values.reshape(len(values), -1))
+
+
+def check_parity(trained, onnx_bytes: bytes, rows, tolerance: float) -> ParityReport:
+    """Predict `rows` with sklearn and with ONNX Runtime on the exported bytes; compare."""
+    return parity.check_parity(trained.estimator, lambda r: predict(onnx_bytes, r), rows, tolerance,
+                               "ONNX", classifier=trained.task == CLASSIFICATION)
+
+
+def config_parameters(found: Signature) -> dict[str, str]:
+    """onnxruntime-backend parameters that depend on the model (none: threads come from ServingOptions)."""
+    return {}
 
 
 def tool_versions() -> dict[str, str]:

@@ -1,7 +1,10 @@
-"""Parity between sklearn and an exported model: the same rule for every export format.
+"""Parity between sklearn and an exported model: the same rule for every export format and task.
 
-Relative error is taken per prediction, against |prediction| floored at 0.1% of the largest
-|prediction|, so that predictions near zero do not turn float32 rounding into huge ratios.
+- Regression: relative error per prediction, against |prediction| floored at 0.1% of the largest
+  |prediction|, so that predictions near zero do not turn float32 rounding into huge ratios.
+- Classification: class probabilities within the tolerance (absolute: they lie in [0, 1]), and the
+  same label as sklearn on every row, except where sklearn's two best classes are tied within the
+  tolerance (float32 summation may then pick the other one).
 """
 
 from __future__ import annotations
@@ -15,26 +18,45 @@ from .errors import ExportError
 
 
 @dataclass(frozen=True)
+class Prediction:
+    """What an exported model computed for a batch of rows, in sklearn's layout.
+
+    values: regression, (rows, n_outputs). probabilities: classification, (rows, n_classes) in
+    classes_ order. labels: classification, (rows,) class labels, when the model computes them.
+    """
+
+    values: np.ndarray | None = None
+    probabilities: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
 class ParityReport:
     rows: int
+    nan_rows: int
     max_abs_error: float
     max_rel_error: float
     tolerance: float
+    label_mismatches: int = 0
+    ties: int = 0
 
     @property
     def passed(self) -> bool:
-        return self.max_rel_error <= self.tolerance
+        return self.max_rel_error <= self.tolerance and self.label_mismatches == 0
 
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def describe(self) -> str:
+        text = (f"{self.rows} rows ({self.nan_rows} with NaN): max abs error {self.max_abs_error:.3g}, "
+                f"max rel error {self.max_rel_error:.3g} (tolerance {self.tolerance:g})")
+        if self.label_mismatches or self.ties:
+            text += f", {self.label_mismatches} labels differ ({self.ties} ties allowed)"
+        return text
+
 
 def relative_errors(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
-    """|actual - expected| / |expected|, with |expected| floored at 0.1% of the largest |expected|.
-
-    The floor keeps predictions that happen to sit near zero from turning a tiny float32 rounding
-    difference into a huge ratio.
-    """
+    """|actual - expected| / |expected|, with |expected| floored at 0.1% of the largest |expected|."""
     expected = np.asarray(expected, dtype=np.float64).reshape(-1)
     actual = np.asarray(actual, dtype=np.float64).reshape(-1)
     scale = float(np.max(np.abs(expected))) if expected.size else 0.0
@@ -42,27 +64,104 @@ def relative_errors(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
     return np.abs(actual - expected) / np.maximum(np.abs(expected), floor)
 
 
-def sklearn_predict(estimator, X: np.ndarray) -> np.ndarray:
-    """sklearn's prediction for float32 rows, on a DataFrame when it was fitted on one (as a user would)."""
+def as_frame(estimator, rows):
+    """Rows as sklearn should see them: a DataFrame when the model was fitted on one (as a user would)."""
     names = getattr(estimator, "feature_names_in_", None)
-    if names is not None:
-        import pandas as pd
+    if names is None or hasattr(rows, "columns"):
+        return rows
+    import pandas as pd
 
-        X = pd.DataFrame(X, columns=names)
-    return np.asarray(estimator.predict(X), dtype=np.float64).reshape(-1)
+    return pd.DataFrame(rows, columns=names)
 
 
-def check_parity(estimator, predict: Callable[[np.ndarray], np.ndarray], X: np.ndarray, tolerance: float,
-                 label: str) -> ParityReport:
-    """Predict the float32 rows X with sklearn and with `predict` (the exported model); compare."""
-    X32 = np.asarray(X, dtype=np.float32)
-    expected = sklearn_predict(estimator, X32)
-    actual = np.asarray(predict(X32), dtype=np.float64).reshape(-1)
-    if actual.shape != expected.shape:
-        raise ExportError(f"{label} output has shape {actual.shape}, sklearn gives {expected.shape}")
-    return ParityReport(
-        rows=int(expected.size),
-        max_abs_error=float(np.max(np.abs(actual - expected))),
-        max_rel_error=float(np.max(relative_errors(expected, actual))),
-        tolerance=tolerance,
-    )
+def sklearn_prediction(estimator, rows, classifier: bool) -> Prediction:
+    """sklearn's own answer for `rows`, in the layout of :class:`Prediction`."""
+    frame = as_frame(estimator, rows)
+    if classifier:
+        return Prediction(probabilities=np.asarray(estimator.predict_proba(frame), dtype=np.float64),
+                          labels=np.asarray(estimator.predict(frame)))
+    values = np.asarray(estimator.predict(frame), dtype=np.float64)
+    return Prediction(values=values.reshape(len(values), -1))
+
+
+def count_nan_rows(rows) -> int:
+    if hasattr(rows, "columns"):
+        return int(rows.isna().any(axis=1).sum())
+    rows = np.asarray(rows)
+    return int(np.isnan(rows).any(axis=1).sum()) if rows.dtype.kind == "f" else 0
+
+
+def check_parity(estimator, predict: Callable[[object], Prediction], rows, tolerance: float, label: str,
+                 classifier: bool = False) -> ParityReport:
+    """Predict `rows` with sklearn and with `predict` (the exported model); compare."""
+    expected = sklearn_prediction(estimator, rows, classifier)
+    actual = predict(rows)
+    nan_rows = count_nan_rows(rows)
+    if not classifier:
+        if actual.values is None:
+            raise ExportError(f"{label} gave no regression output")
+        values = np.asarray(actual.values, dtype=np.float64)
+        values = values.reshape(len(values), -1) if values.size else values
+        if values.shape != expected.values.shape:
+            raise ExportError(f"{label} output has shape {values.shape}, sklearn gives {expected.values.shape}")
+        return ParityReport(
+            rows=len(values), nan_rows=nan_rows,
+            max_abs_error=float(np.max(np.abs(values - expected.values))),
+            max_rel_error=float(np.max(relative_errors(expected.values, values))),
+            tolerance=tolerance)
+
+    if actual.probabilities is None:
+        raise ExportError(f"{label} gave no class probabilities")
+    probabilities = np.asarray(actual.probabilities, dtype=np.float64)
+    if probabilities.shape != expected.probabilities.shape:
+        raise ExportError(f"{label} probabilities have shape {probabilities.shape}, "
+                          f"sklearn gives {expected.probabilities.shape}")
+    error = np.abs(probabilities - expected.probabilities)
+    labels = actual.labels if actual.labels is not None else None
+    mismatches = ties = 0
+    if labels is not None:
+        differ = np.asarray(labels).astype(str) != np.asarray(expected.labels).astype(str)
+        tied = _top_two_gap(expected.probabilities) <= tolerance
+        ties = int((differ & tied).sum())
+        mismatches = int((differ & ~tied).sum())
+    return ParityReport(rows=len(probabilities), nan_rows=nan_rows, max_abs_error=float(error.max()),
+                        max_rel_error=float(error.max()), tolerance=tolerance,
+                        label_mismatches=mismatches, ties=ties)
+
+
+def _top_two_gap(probabilities: np.ndarray) -> np.ndarray:
+    if probabilities.shape[1] < 2:
+        return np.full(len(probabilities), np.inf)
+    top = np.sort(probabilities, axis=1)
+    return top[:, -1] - top[:, -2]
+
+
+def with_missing_values(rows, numeric: list[str] | None = None, seed: int = 1):
+    """Extra probe rows holding NaN: one feature at a time, ~30% of cells at random, and whole rows.
+
+    sklearn routes NaN down each split as the tree learned (or to the larger child); these rows
+    check that the exported model does exactly the same. For a DataFrame, only the `numeric`
+    columns get NaN (string columns keep their values).
+    """
+    rng = np.random.default_rng(seed)
+    if hasattr(rows, "columns"):
+        columns = list(numeric if numeric is not None else rows.columns)
+        picks = rows.iloc[rng.integers(0, len(rows), size=max(len(columns) * 8, 64))].reset_index(drop=True)
+        if not columns:
+            return picks.iloc[:0]
+        for i in range(len(picks)):
+            cells = [columns[i % len(columns)]] if i < len(columns) * 4 else \
+                [c for c in columns if rng.random() < 0.3] if i < len(picks) - 4 else columns
+            picks.loc[i, cells] = np.nan
+        return picks
+    rows = np.asarray(rows, dtype=np.float32)
+    if rows.size == 0:
+        return rows
+    n_features = rows.shape[1]
+    picks = rows[rng.integers(0, len(rows), size=max(n_features * 8, 64))]
+    single = picks[: n_features * 8].copy()
+    single[np.arange(len(single)), np.arange(len(single)) % n_features] = np.nan
+    scattered = picks.copy()
+    scattered[rng.random(scattered.shape) < 0.3] = np.nan
+    whole = np.full((4, n_features), np.nan, dtype=np.float32)
+    return np.concatenate([single, scattered, whole])

@@ -6,16 +6,17 @@ Nothing is written unless every step before the write succeeded.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 from rich.console import Console
 
-from . import fil, onnx_convert, repository, sources, triton_config
+from ..signature import CLASSIFICATION, LABELS_FILENAME, Signature, classes_to_json
+from . import fil, onnx_convert, parity, repository, sources, triton_config
 from .errors import ExportError
 from .parity import ParityReport
 from .triton_config import ServingOptions
@@ -27,8 +28,8 @@ DEFAULT_FORMAT = "onnx"
 
 @dataclass(frozen=True)
 class ExportFormat:
-    """One way to serve the forest: a converter module (convert/signature/check_parity/tool_versions)
-    and the Triton backend that reads what it writes."""
+    """One way to serve the forest: a converter module (convert, signature, predict, check_parity,
+    config_parameters, tool_versions) and the Triton backend that reads what it writes."""
 
     converter: ModuleType
     backend: triton_config.Backend
@@ -67,55 +68,85 @@ def export_model(trained: sources.TrainedModel, repository_path: Path, *, name: 
     existing = triton_config.read_config(config_path) if config_path.is_file() else None
 
     with _status(console, fmt.converting):
-        model_bytes = fmt.converter.convert(trained.estimator, trained.n_features)
-        graph = fmt.converter.signature(model_bytes)
-    with _status(console, f"Verifying parity on {len(trained.X_val)} rows (sklearn vs {fmt.checked_with})"):
-        parity = fmt.converter.check_parity(trained.estimator, model_bytes, trained.X_val, tolerance)
+        model_bytes = fmt.converter.convert(trained)
+        graph = fmt.converter.signature(model_bytes, trained)
+    rows = parity_rows(trained)
+    with _status(console, f"Verifying parity on {len(rows)} rows (sklearn vs {fmt.checked_with})"):
+        parity = fmt.converter.check_parity(trained, model_bytes, rows, tolerance)
     if console:
-        console.print(f"parity: max abs error {parity.max_abs_error:.3g}, "
-                      f"max rel error {parity.max_rel_error:.3g} (tolerance {tolerance:g}, {fmt.checked_with})")
+        console.print(f"parity ({fmt.checked_with}): {parity.describe()}")
     if not parity.passed:
-        raise ExportError(f"parity check failed: max relative error {parity.max_rel_error:.3g} "
-                          f"exceeds tolerance {tolerance:g}; nothing written")
+        what = (f"{parity.label_mismatches} labels differ from sklearn's" if parity.label_mismatches
+                else f"max relative error {parity.max_rel_error:.3g} exceeds tolerance {tolerance:g}")
+        raise ExportError(f"parity check failed: {what}; nothing written")
 
     metadata = _metadata(trained, parity, graph, model_format, fmt)
-    config = triton_config.build_config(name, graph, options, _config_parameters(metadata), existing, fmt.backend)
+    parameters = {**graph.config_parameters(), **fmt.converter.config_parameters(graph),
+                  **_tool_parameters(metadata)}
+    config = triton_config.build_config(name, graph, options, parameters, existing, fmt.backend)
+    model_files = {LABELS_FILENAME: graph.labels_file().encode()} if graph.is_classifier else {}
     with _status(console, f"Writing {repository_path / name}"):
         version_dir = repository.write_version(repository_path, name, version, fmt.backend.model_filename,
-                                               model_bytes, metadata, config)
+                                               model_bytes, metadata, config, model_files)
     return ExportResult(version_dir, config_path, parity, metadata, time.perf_counter() - started)
 
 
-def _metadata(trained: sources.TrainedModel, parity: ParityReport, graph: onnx_convert.GraphSignature,
+def parity_rows(trained: sources.TrainedModel):
+    """The validation rows plus rows with missing values (sklearn answers them; so must the export).
+
+    A pipeline whose sklearn steps refuse NaN is checked on the clean rows only.
+    """
+    rows = trained.X_val
+    with_nan = parity.with_missing_values(rows, numeric=[c for c in trained.feature_names
+                                                         if c not in trained.string_columns])
+    try:
+        trained.estimator.predict(parity.as_frame(trained.estimator, with_nan[:8]))
+    except ValueError:
+        return rows
+    if hasattr(rows, "columns"):
+        import pandas as pd
+
+        return pd.concat([rows, with_nan], ignore_index=True)
+    return np.concatenate([np.asarray(rows, dtype=np.float32), with_nan])
+
+
+def _metadata(trained: sources.TrainedModel, parity: ParityReport, graph: Signature,
               model_format: str, fmt: ExportFormat) -> dict:
     import sklearn
 
     forest = trained.forest
-    return {
+
+    def tensors(items) -> list[dict]:
+        return [{"name": t.name, "datatype": t.datatype, "dims": list(t.dims)} for t in items]
+
+    metadata = {
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "source": trained.source,
         "format": model_format,
         "backend": fmt.backend.name,
         "estimator": type(trained.estimator).__name__,
+        "forest": type(forest).__name__,
+        "task": trained.task,
         "pipeline_steps": [s for s, _ in getattr(trained.estimator, "steps", [])],
         "n_estimators": int(forest.n_estimators),
         "max_depth": forest.max_depth,
+        "n_nodes": int(sum(t.tree_.node_count for t in forest.estimators_)),
         "feature_names": trained.feature_names,
-        "input": {"name": graph.input_name, "dims": graph.input_dims, "datatype": "FP32"},
-        "output": {"name": graph.output_name, "dims": graph.output_dims, "datatype": "FP32"},
+        "inputs": tensors(graph.inputs),
+        "outputs": tensors(graph.outputs),
         "scores": trained.scores,
         "parity": {**parity.as_dict(), "checked_with": fmt.checked_with},
         "versions": {"scikit-learn": sklearn.__version__, **fmt.converter.tool_versions()},
     }
+    if trained.task == CLASSIFICATION:
+        metadata["classes"] = classes_to_json(trained.classes)
+    return metadata
 
 
-def _config_parameters(metadata: dict) -> dict[str, str]:
-    """The part of the metadata a client reads back through the model config."""
+def _tool_parameters(metadata: dict) -> dict[str, str]:
+    """The versions a client can read back through the model config."""
     versions = metadata["versions"]
-    parameters = {
-        triton_config.FEATURE_NAMES_PARAMETER: json.dumps(metadata["feature_names"]),
-        "sklearn_version": versions["scikit-learn"],
-    }
+    parameters = {"sklearn_version": versions["scikit-learn"]}
     for tool in ("skl2onnx", "treelite"):  # the converter that wrote the model file
         if tool in versions:
             parameters[f"{tool}_version"] = versions[tool]

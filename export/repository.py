@@ -35,10 +35,12 @@ def next_version(model_dir: Path) -> int:
 
 
 def write_version(repository: Path, name: str, version: int | None, model_filename: str, model_bytes: bytes,
-                  metadata: dict, config: mc.ModelConfig) -> Path:
+                  metadata: dict, config: mc.ModelConfig, model_files: dict[str, bytes] | None = None) -> Path:
     """Publish `model_bytes` as REPOSITORY/NAME/VERSION/`model_filename` and the config beside it.
 
     Returns the version dir. The model file name is the backend's (model.onnx, checkpoint.tl).
+    `model_files` go into the model folder beside config.pbtxt (a classifier's labels.txt); the
+    signature check keeps them identical across versions, so replacing them is safe.
     """
     if not model_filename or "/" in model_filename or model_filename in (METADATA_FILENAME, CONFIG_FILENAME):
         raise ExportError(f"invalid model file name {model_filename!r}")
@@ -64,6 +66,12 @@ def write_version(repository: Path, name: str, version: int | None, model_filena
         version_dir.mkdir(exist_ok=True)
         _write_file(version_dir / model_filename, model_bytes)
         _write_file(version_dir / METADATA_FILENAME, (json.dumps(metadata, indent=2) + "\n").encode())
+        for filename, data in (model_files or {}).items():
+            target = staged_model_dir / filename
+            if new_model:
+                _write_file(target, data)
+            else:
+                _replace_file(target, data)
         if new_model:
             write_config(staged_model_dir / CONFIG_FILENAME, config)
             os.chmod(staging, 0o755)
@@ -76,6 +84,19 @@ def write_version(repository: Path, name: str, version: int | None, model_filena
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return model_dir / str(version)
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Atomic replacement of a file beside live versions: readers see the old bytes or the new."""
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        _write_file(Path(tmp), data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _write_file(path: Path, data: bytes) -> None:

@@ -15,19 +15,19 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from ..signature import BYTES, FEATURE_NAMES_PARAMETER, FP32, INT64, Signature
 from .errors import ExportError
-from .onnx_convert import GraphSignature
 
 CONFIG_FILENAME = "config.pbtxt"
 ONNX_FILENAME = "model.onnx"
 FIL_FILENAME = "checkpoint.tl"
-FEATURE_NAMES_PARAMETER = "feature_names"
 KINDS = {
     "cpu": mc.ModelInstanceGroup.KIND_CPU,
     "gpu": mc.ModelInstanceGroup.KIND_GPU,
     "auto": mc.ModelInstanceGroup.KIND_AUTO,
 }
 WARMUP_ROWS = 64
+DATA_TYPES = {FP32: mc.TYPE_FP32, INT64: mc.TYPE_INT64, BYTES: mc.TYPE_STRING}
 PLATFORM_BACKENDS = {"onnxruntime_onnx": "onnxruntime"}  # the older `platform:` spelling
 
 
@@ -49,13 +49,11 @@ class ServingOptions:
     priority_levels: int | None = None
 
 
-# Measured on 2 cores with the embedded server (HTTP, wrk, 1-row requests), one single-threaded
-# instance and no batching delay was the best default: concurrency 1 p50 0.33-0.37 ms (0.50-0.56 ms
-# with 2 instances and 100 µs), concurrency 64 15-16k req/s at p99 7-8 ms; under load the batcher
-# still forms batches (17 rows on average at c64) from requests queued behind the busy instance,
-# and the HTTP frontend keeps the other core. Hosts with more cores: raise --instances (`rf-triton
-# tune` measures). The queue is unbounded by default: on Triton 2.51 a bounded queue with a delay
-# > 0 stalls the batcher (see BOUNDED_QUEUE_WARNING).
+# One single-threaded instance and no batching delay: chosen from a side-by-side sweep on 2 cores
+# (the figures are in benchmarks/README.md and benchmarks/results/bench.md). Under load the batcher
+# still forms batches from requests queued behind the busy instance. Hosts with more cores: raise
+# --instances (`rf-triton tune` measures). The queue is unbounded by default: on Triton 2.51 a
+# bounded queue with a delay > 0 stalls the batcher (see BOUNDED_QUEUE_WARNING).
 DEFAULTS = ServingOptions(
     max_batch_size=1024, max_queue_delay_us=0, preferred_batch_sizes=(), instances=1, kind="cpu",
     version_policy="latest:1", intra_op_threads=1, inter_op_threads=1, max_queue_size=0,
@@ -82,8 +80,7 @@ class Backend:
 
 
 ONNXRUNTIME = Backend("onnxruntime", ONNX_FILENAME, DEFAULTS, ort_threads=True)
-FIL = Backend("fil", FIL_FILENAME, FIL_DEFAULTS,
-              fixed_parameters=(("model_type", "treelite_checkpoint"), ("output_class", "false")))
+FIL = Backend("fil", FIL_FILENAME, FIL_DEFAULTS, fixed_parameters=(("model_type", "treelite_checkpoint"),))
 
 
 def validate(options: ServingOptions) -> None:
@@ -137,10 +134,14 @@ def parse_version_policy(text: str) -> mc.ModelVersionPolicy:
     return policy
 
 
-def build_config(name: str, graph: GraphSignature, options: ServingOptions,
+def build_config(name: str, graph: Signature, options: ServingOptions,
                  metadata: dict[str, str], existing: mc.ModelConfig | None = None,
                  backend: Backend = ONNXRUNTIME) -> mc.ModelConfig:
-    """The `backend` config for `graph`, updating `existing` in place of starting over."""
+    """The `backend` config for `graph`, updating `existing` in place of starting over.
+
+    `metadata`: parameters to set (the signature's task/classes/feature names, the backend's own
+    settings, tool versions). A new version must keep the signature of the versions before it.
+    """
     validate(options)
     if not backend.ort_threads and (options.intra_op_threads is not None or options.inter_op_threads is not None):
         raise ExportError(f"--intra-op-threads/--inter-op-threads are ONNX Runtime options; "
@@ -152,6 +153,7 @@ def build_config(name: str, graph: GraphSignature, options: ServingOptions,
         if served_by != backend.name:
             raise ExportError(f"model {name} is served by the {served_by} backend, its versions cannot switch "
                               f"to {backend.name}: export under another --name or --repository")
+        check_same_signature(name, existing, graph)
         config.CopyFrom(existing)
     config.name = name
     config.ClearField("platform")
@@ -168,9 +170,12 @@ def build_config(name: str, graph: GraphSignature, options: ServingOptions,
                           f"max_batch_size {config.max_batch_size}")
 
     del config.input[:]
-    config.input.add(name=graph.input_name, data_type=mc.TYPE_FP32, dims=graph.input_dims)
+    for tensor in graph.inputs:
+        config.input.add(name=tensor.name, data_type=DATA_TYPES[tensor.datatype], dims=tensor.dims)
     del config.output[:]
-    config.output.add(name=graph.output_name, data_type=mc.TYPE_FP32, dims=graph.output_dims)
+    for tensor in graph.outputs:
+        config.output.add(name=tensor.name, data_type=DATA_TYPES[tensor.datatype], dims=tensor.dims,
+                          label_filename=tensor.label_filename)
 
     batching = config.dynamic_batching
     if options.max_queue_delay_us is not None or not config.HasField("dynamic_batching"):
@@ -201,11 +206,52 @@ def build_config(name: str, graph: GraphSignature, options: ServingOptions,
         config.parameters[key].string_value = value
 
     del config.model_warmup[:]
-    warmup = config.model_warmup.add(name="zero_rows", batch_size=min(WARMUP_ROWS, config.max_batch_size), count=1)
-    warmup.inputs[graph.input_name].data_type = mc.TYPE_FP32
-    warmup.inputs[graph.input_name].dims.extend(graph.input_dims)
-    warmup.inputs[graph.input_name].zero_data = True
+    if not any(tensor.datatype == BYTES for tensor in graph.inputs):  # strings: no value is safe to invent
+        warmup = config.model_warmup.add(name="zero_rows", batch_size=min(WARMUP_ROWS, config.max_batch_size),
+                                         count=1)
+        for tensor in graph.inputs:
+            warmup.inputs[tensor.name].data_type = DATA_TYPES[tensor.datatype]
+            warmup.inputs[tensor.name].dims.extend(tensor.dims)
+            warmup.inputs[tensor.name].zero_data = True
     return config
+
+
+def signature_of(config: mc.ModelConfig) -> tuple:
+    """What clients and older versions rely on: tensors, task, classes, feature names."""
+    tensors = tuple((t.name, t.data_type, tuple(t.dims)) for t in list(config.input) + list(config.output))
+    parameters = tuple(config.parameters[k].string_value if k in config.parameters else None
+                       for k in ("task", "classes", FEATURE_NAMES_PARAMETER))
+    return tensors, parameters
+
+
+def check_same_signature(name: str, existing: mc.ModelConfig, graph: Signature) -> None:
+    """Refuse a version whose inputs/outputs differ from the model's: the config is shared by all
+    versions, so rewriting it would break the older ones at their next load (and rollbacks)."""
+    if not existing.input:
+        return
+    proposed = mc.ModelConfig()
+    for tensor in graph.inputs:
+        proposed.input.add(name=tensor.name, data_type=DATA_TYPES[tensor.datatype], dims=tensor.dims)
+    for tensor in graph.outputs:
+        proposed.output.add(name=tensor.name, data_type=DATA_TYPES[tensor.datatype], dims=tensor.dims)
+    for key, value in graph.config_parameters().items():
+        proposed.parameters[key].string_value = value
+    old_tensors, old_parameters = signature_of(existing)
+    new_tensors, new_parameters = signature_of(proposed)
+    old_parameters = tuple(o if o is not None else n for o, n in zip(old_parameters, new_parameters))
+    if old_tensors != new_tensors or old_parameters != new_parameters:
+        raise ExportError(f"model {name} takes and returns {_describe(existing)}; this model "
+                          f"{_describe(proposed)}: a new version must keep them (older versions share the "
+                          "config), export under another --name")
+
+
+def _describe(config: mc.ModelConfig) -> str:
+    def dims(t) -> str:
+        return f"{t.name}[{','.join(map(str, t.dims))}]"
+
+    task = config.parameters["task"].string_value if "task" in config.parameters else "regression"
+    return (f"{', '.join(dims(t) for t in config.input)} → {', '.join(dims(t) for t in config.output)} "
+            f"({task})")
 
 
 def _queue_policy(batching: mc.ModelDynamicBatching, options: ServingOptions, defaults: ServingOptions) -> None:

@@ -1,0 +1,119 @@
+"""What a served forest takes and gives back: the contract between export, the servers and the client.
+
+Export writes it into config.pbtxt (the inputs, the outputs, and the `task` / `classes` /
+`feature_names` parameters); the embedded server and the client read it back from there, so every
+step agrees on one description of the model whatever backend serves it.
+
+- Inputs: one FP32 matrix (`X`, dims [n_features]) for numeric models, or one input per original
+  DataFrame column (dims [1], FP32 for numbers, BYTES for strings) for pipelines that encode
+  categorical columns.
+- Regression: one FP32 output, dims [n_outputs].
+- Classification: FP32 class probabilities (dims [n_classes], in `classes_` order), marked by its
+  `label_filename` (labels.txt: Triton's classification extension), and, where the backend can
+  compute it, the predicted label (INT64 or BYTES, dims [1]).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+REGRESSION = "regression"
+CLASSIFICATION = "classification"
+TASKS = (REGRESSION, CLASSIFICATION)
+
+# config.pbtxt parameters (string values) that carry the signature beyond the tensors.
+TASK_PARAMETER = "task"
+CLASSES_PARAMETER = "classes"
+FEATURE_NAMES_PARAMETER = "feature_names"
+LABELS_FILENAME = "labels.txt"
+
+# Triton's datatypes as the model metadata and the client name them, and numpy's for each.
+FP32, INT64, BYTES = "FP32", "INT64", "BYTES"
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One input or output: Triton datatype and dims without the batch dimension."""
+
+    name: str
+    datatype: str
+    dims: tuple[int, ...]
+    label_filename: str = ""  # set on a classifier's probabilities output
+
+
+@dataclass(frozen=True)
+class Signature:
+    task: str
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    feature_names: tuple[str, ...]
+    classes: tuple = ()  # classification: sklearn's classes_, in order (ints or strings)
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.task == CLASSIFICATION
+
+    @property
+    def columnar(self) -> bool:
+        """One input per DataFrame column (a pipeline that encodes strings) instead of one feature matrix."""
+        return len(self.inputs) > 1 or any(i.datatype == BYTES for i in self.inputs)
+
+    @property
+    def probabilities(self) -> Tensor | None:
+        return next((o for o in self.outputs if o.label_filename), None)
+
+    @property
+    def label(self) -> Tensor | None:
+        """The predicted-label output of a classifier, when the backend computes one."""
+        if not self.is_classifier:
+            return None
+        return next((o for o in self.outputs if not o.label_filename), None)
+
+    @property
+    def values(self) -> Tensor | None:
+        """A regressor's output."""
+        return None if self.is_classifier else self.outputs[0]
+
+    @property
+    def n_outputs(self) -> int:
+        """Values per row: regression targets, or 1 (the label) for a classifier."""
+        return 1 if self.is_classifier else int(self.outputs[0].dims[0])
+
+    def config_parameters(self) -> dict[str, str]:
+        """The part of the signature config.pbtxt carries as parameters (string values)."""
+        parameters = {TASK_PARAMETER: self.task, FEATURE_NAMES_PARAMETER: json.dumps(list(self.feature_names))}
+        if self.is_classifier:
+            parameters[CLASSES_PARAMETER] = json.dumps(classes_to_json(self.classes))
+        return parameters
+
+    def labels_file(self) -> str:
+        """labels.txt: one class name a line, in probability order."""
+        return "".join(f"{c}\n" for c in self.classes)
+
+
+def classes_to_json(classes) -> list:
+    """sklearn's classes_ as JSON values: ints stay ints, everything else becomes its string."""
+    out = []
+    for c in classes:
+        if isinstance(c, bool) or not _is_integer(c):
+            out.append(str(c))
+        else:
+            out.append(int(c))
+    return out
+
+
+def _is_integer(value) -> bool:
+    import numbers
+
+    return isinstance(value, numbers.Integral)
+
+
+def task_from_parameters(parameters: dict[str, str]) -> str:
+    """Configs written before classifiers existed have no `task`: they are regressors."""
+    return parameters.get(TASK_PARAMETER, REGRESSION)
+
+
+def classes_from_parameters(parameters: dict[str, str]) -> tuple:
+    text = parameters.get(CLASSES_PARAMETER)
+    return tuple(json.loads(text)) if text else ()
