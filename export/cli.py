@@ -23,11 +23,16 @@ console = Console(stderr=True)
 @app.command("export")
 def export(
     model: Annotated[Optional[Path], typer.Option(
-        help="Fitted RandomForestRegressor, or Pipeline ending in one, saved with joblib/pickle. "
+        help="Fitted RandomForest/ExtraTrees regressor or classifier, or Pipeline ending in one, saved with "
+             "joblib/pickle. "
              "Loading a pickle runs code from it: only use files you trust.")] = None,
     data: Annotated[Optional[Path], typer.Option(
-        help="CSV to train a forest on: the --target column is the label, every other (numeric) column a feature.")] = None,
+        help="CSV to train a forest on: the --target column is the label, every other column a feature "
+             "(string columns are one-hot encoded inside the exported model; missing numbers are allowed).")] = None,
     target: Annotated[Optional[str], typer.Option(help="Label column of --data.")] = None,
+    task: Annotated[str, typer.Option(
+        help="With --data: auto (a non-numeric target trains a classifier, else a regressor), "
+             "regression or classification.")] = "auto",
     n_estimators: Annotated[int, typer.Option(help="Trees, when training on --data.")] = sources.DEMO_N_ESTIMATORS,
     max_depth: Annotated[Optional[int], typer.Option(help="Maximum tree depth, when training on --data.")] = sources.DEMO_MAX_DEPTH,
     seed: Annotated[int, typer.Option(help="Random seed for training and the validation split.")] = sources.DEMO_SEED,
@@ -74,7 +79,7 @@ def export(
     priority_levels: Annotated[Optional[int], typer.Option(
         help="Priority levels for requests (1 = highest); requests without one get the middle level.")] = None,
 ) -> None:
-    """Export a random forest to ONNX (or FIL) and write it as a new version in a Triton model repository.
+    """Export a random forest or extra-trees model to ONNX (or FIL) as a new version in a Triton model repository.
 
     With no --model or --data, trains the demo model (50 trees, depth 10, 5 features, seed 0).
     Predictions of the exported file are checked against sklearn before anything is written.
@@ -85,6 +90,8 @@ def export(
         raise fail("--target goes with --data")
     if data is not None and target is None:
         raise fail("--data needs --target COLUMN")
+    if data is None and task != "auto":
+        raise fail("--task goes with --data (a --model file already knows its task)")
     if serve_versions is not None:
         if version_policy is not None:
             raise fail("give either --serve-versions or --version-policy, not both")
@@ -102,11 +109,13 @@ def export(
             if model is not None:
                 trained = sources.load_pickled(model)
             elif data is not None:
-                trained = sources.train_from_csv(data, target, n_estimators, max_depth, seed)
+                trained = sources.train_from_csv(data, target, n_estimators, max_depth, seed, task)
             else:
                 trained = sources.train_demo(seed)
-        console.print(f"model: {trained.source}, {trained.forest.n_estimators} trees, "
-                      f"{trained.n_features} features ({', '.join(trained.feature_names)})")
+        what = (f"{len(trained.classes)} classes ({', '.join(map(str, trained.classes[:10]))})"
+                if trained.task == "classification" else f"{trained.n_outputs} output(s)")
+        console.print(f"model: {trained.source}, {type(trained.forest).__name__}, {trained.forest.n_estimators} "
+                      f"trees, {trained.n_features} features ({', '.join(trained.feature_names)}), {what}")
         if trained.scores:
             console.print("scores: " + ", ".join(f"{k} {v:.4f}" for k, v in trained.scores.items()))
         result = export_model(trained, repository, name=name, version=version, options=options,

@@ -2,8 +2,11 @@
 
 The embedded server has no onnxruntime backend, so each version of an onnxruntime model is served
 by this file (copied in as model.py) over the very same model.onnx. One `execute` call gets every
-request the dynamic batcher grouped: their rows are concatenated, run through ONNX Runtime once,
-and split back per request.
+request the dynamic batcher grouped: their rows are concatenated per input, run through ONNX
+Runtime once, and split back per request.
+
+What the model does with a value (NaN routing, labels, probabilities) is in model.onnx itself; this
+file adds one check the model file cannot express: ±inf is refused, as sklearn refuses it.
 """
 
 import json
@@ -13,7 +16,8 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-NUMPY_TYPES = {"TYPE_FP32": np.float32, "TYPE_FP64": np.float64, "TYPE_INT64": np.int64, "TYPE_INT32": np.int32}
+NUMPY_TYPES = {"TYPE_FP32": np.float32, "TYPE_FP64": np.float64, "TYPE_INT64": np.int64, "TYPE_INT32": np.int32,
+               "TYPE_STRING": np.object_}
 
 
 class TritonPythonModel:
@@ -30,58 +34,75 @@ class TritonPythonModel:
                                   else ort.ExecutionMode.ORT_SEQUENTIAL)
         self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
 
-        (model_input,) = config["input"]
-        self.input_name = model_input["name"]
-        self.input_dtype = NUMPY_TYPES[model_input["data_type"]]
+        self.inputs = [(i["name"], NUMPY_TYPES[i["data_type"]]) for i in config["input"]]
         self.output_names = [o["name"] for o in config["output"]]
         self.output_dtypes = {o["name"]: NUMPY_TYPES[o["data_type"]] for o in config["output"]}
 
     def execute(self, requests):
-        arrays = [pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy() for request in requests]
-        batch = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-        if np.issubdtype(batch.dtype, np.floating) and not np.isfinite(batch).all():
-            return self._execute_checked(arrays)  # rare: find the offending requests one by one
-        return self._run(batch, arrays, list(range(len(requests))), [None] * len(requests))
+        columns = {name: [pb_utils.get_input_tensor_by_name(request, name).as_numpy() for request in requests]
+                   for name, _ in self.inputs}
+        batch = {name: arrays[0] if len(arrays) == 1 else np.concatenate(arrays) for name, arrays in columns.items()}
+        if any(np.isinf(array).any() for array in batch.values() if array.dtype.kind == "f"):
+            return self._execute_checked(columns)  # rare: find the offending requests one by one
+        sizes = [len(array) for array in columns[self.inputs[0][0]]]
+        return self._run(batch, sizes, list(range(len(requests))), [None] * len(requests))
 
-    def _execute_checked(self, arrays):
-        responses = [None] * len(arrays)
-        rows, owners = [], []
-        for index, array in enumerate(arrays):
-            if not np.isfinite(array).all():
-                bad = np.unique(np.nonzero(~np.isfinite(array))[0])[:5].tolist()
-                responses[index] = _invalid(f"input '{self.input_name}' holds NaN or infinite values "
-                                            f"(rows {bad}); send finite numbers")
-                continue
-            rows.append(array)
-            owners.append(index)
-        if not rows:
+    def _execute_checked(self, columns):
+        count = len(columns[self.inputs[0][0]])
+        responses = [None] * count
+        owners = []
+        for index in range(count):
+            problem = next((_infinite(name, arrays[index]) for name, arrays in columns.items()
+                            if arrays[index].dtype.kind == "f" and np.isinf(arrays[index]).any()), None)
+            if problem:
+                responses[index] = _invalid(problem)
+            else:
+                owners.append(index)
+        if not owners:
             return responses
-        return self._run(rows[0] if len(rows) == 1 else np.concatenate(rows), rows, owners, responses)
+        batch = {name: np.concatenate([arrays[i] for i in owners]) for name, arrays in columns.items()}
+        sizes = [len(columns[self.inputs[0][0]][i]) for i in owners]
+        return self._run(batch, sizes, owners, responses)
 
-    def _run(self, batch, rows, owners, responses):
+    def _run(self, batch, sizes, owners, responses):
         """One ONNX Runtime run over the batch; each request gets back its own slice of every output.
 
-        The healthy path does one finiteness check and one concatenation per batch, not per request:
-        with 1-row requests the per-request Python work is what the Python backend pays for."""
+        The healthy path does one inf check and one concatenation per input and batch, not per
+        request: with 1-row requests the per-request Python work is what the Python backend pays for."""
+        feeds = {}
+        for name, dtype in self.inputs:
+            array = batch[name]
+            if dtype is np.object_:  # BYTES arrive as bytes objects; ONNX Runtime's strings are str
+                array = np.char.decode(array.astype(np.bytes_), "utf-8").astype(object)
+            feeds[name] = array.astype(dtype, copy=False)
         try:
-            outputs = self.session.run(self.output_names, {self.input_name: batch.astype(self.input_dtype, copy=False)})
+            outputs = self.session.run(self.output_names, feeds)
         except Exception as exc:  # a failure of the model itself: a server fault, reported per request
             error = pb_utils.TritonError(f"ONNX Runtime failed: {exc}", pb_utils.TritonError.INTERNAL)
             for index in owners:
                 responses[index] = pb_utils.InferenceResponse(error=error)
             return responses
 
-        outputs = [(name, np.asarray(out, dtype=self.output_dtypes[name])) for name, out in zip(self.output_names, outputs)]
+        tensors = []
+        for name, out in zip(self.output_names, outputs):
+            dtype = self.output_dtypes[name]
+            tensors.append((name, np.asarray(out, dtype=object) if dtype is np.object_ else np.asarray(out, dtype=dtype)))
         start = 0
-        for array, index in zip(rows, owners):
-            end = start + len(array)
+        for size, index in zip(sizes, owners):
+            end = start + size
             responses[index] = pb_utils.InferenceResponse(
-                output_tensors=[pb_utils.Tensor(name, out[start:end]) for name, out in outputs])
+                output_tensors=[pb_utils.Tensor(name, out[start:end]) for name, out in tensors])
             start = end
         return responses
 
     def finalize(self):
         self.session = None
+
+
+def _infinite(name, array):
+    bad = np.unique(np.nonzero(np.isinf(array))[0])[:5].tolist()
+    return (f"input '{name}' holds infinite values (rows {bad}); sklearn refuses infinity too: "
+            "send finite numbers, or NaN for a missing value")
 
 
 def _invalid(message):

@@ -112,6 +112,13 @@ def _translate_onnx_model(source: Path, config: mc.ModelConfig, available: list[
             raise RepositoryError(f"model {source.name} version {version} has no {onnx_name}")
         (version_dir / onnx_name).symlink_to(onnx_file)
         shutil.copy2(MODEL_SOURCE, version_dir / "model.py")
+    for output in config.output:  # a classifier's labels.txt: Triton's classification extension reads it
+        if output.label_filename:
+            label_file = source / output.label_filename
+            if not label_file.is_file():
+                raise RepositoryError(f"model {source.name} names {output.label_filename} for output "
+                                      f"{output.name}, and {label_file} is missing")
+            shutil.copy2(label_file, target / output.label_filename)
     write_config(target / CONFIG_FILENAME, python_backend_config(config, warnings))
 
 
@@ -147,7 +154,8 @@ def sync(canonical: Path, runtime: Path) -> RuntimeRepository:
                 os.rename(model_dir / version, target / version)
             for stale in [p for p in target.iterdir() if p.is_dir() and p.name not in new_versions]:
                 shutil.rmtree(stale)
-            os.replace(model_dir / CONFIG_FILENAME, target / CONFIG_FILENAME)
+            for model_file in sorted(p for p in model_dir.iterdir() if p.is_file()):  # config, labels
+                os.replace(model_file, target / model_file.name)
         for gone in [p for p in runtime.iterdir() if p.is_dir() and p.name not in fresh.models]:
             shutil.rmtree(gone)
         fresh.path = runtime
