@@ -18,6 +18,9 @@ from urllib.parse import urlsplit
 import numpy as np
 from tritonclient.utils import InferenceServerException
 
+from .. import signature
+from ..signature import Prediction
+
 PROTOCOLS = ("http", "grpc")
 FP32_MAX = float(np.finfo(np.float32).max)
 
@@ -111,6 +114,7 @@ class RandomForestClient:
         self.n_features = 0
         self.max_batch_size = 0
         self.feature_names: list[str] | None = None
+        self.signature: signature.Signature | None = None
 
     # -- connection -----------------------------------------------------------------------------
 
@@ -193,31 +197,48 @@ class RandomForestClient:
         metadata = self._call("get_model_metadata", self.model, self.version)
         config = self._call("get_model_config", self.model, self.version)
         config = config.get("config", config)  # gRPC wraps the config, HTTP does not
-        if len(metadata["inputs"]) != 1 or len(metadata["outputs"]) < 1:
-            raise InferenceError(f"model {self.model!r} has {len(metadata['inputs'])} inputs; expected one feature matrix")
-        model_input, model_output = metadata["inputs"][0], metadata["outputs"][0]
-        if model_input["datatype"] != "FP32":
-            raise InferenceError(f"model {self.model!r} takes {model_input['datatype']}, this client sends FP32")
-        self.input_name, self.output_name = model_input["name"], model_output["name"]
-        self.n_features = int(model_input["shape"][-1])
+        try:
+            found = signature.from_config(config)
+        except ValueError as exc:
+            raise InferenceError(f"model {self.model!r}: {exc}") from None
+        if not found.inputs or not found.outputs:
+            raise InferenceError(f"model {self.model!r} declares {len(metadata['inputs'])} inputs and "
+                                 f"{len(metadata['outputs'])} outputs; expected a forest's")
+        if found.is_classifier and (found.probabilities is None or not found.classes):
+            raise InferenceError(f"model {self.model!r} is a classifier without a probabilities output "
+                                 "(label_filename) or without its classes")
+        self.signature = found
+        self.input_name = found.inputs[0].name
+        primary = found.label or found.values or found.probabilities
+        self.output_name = primary.name
+        self.n_features = len(found.feature_names) if found.columnar else int(found.inputs[0].dims[-1])
         self.max_batch_size = int(config.get("max_batch_size", 0))
         if self.max_batch_size < 1:
             raise InferenceError(f"model {self.model!r} does not batch (max_batch_size 0); this client needs batching")
-        names = config.get("parameters", {}).get("feature_names", {}).get("string_value")
-        self.feature_names = json.loads(names) if names else None
+        self.feature_names = list(found.feature_names) or None
 
     # -- inference ------------------------------------------------------------------------------
 
-    def prepare(self, X) -> np.ndarray:
-        """Check X and turn it into the float32 (rows × features) matrix the model takes."""
+    def prepare(self, X) -> dict[str, np.ndarray]:
+        """Check X and turn it into the tensors the model takes, one array per input.
+
+        A feature matrix (numpy, list of rows, DataFrame matched by column name) for numeric models;
+        a DataFrame or a list of dicts, by column name, for models with one input per column.
+        NaN is a value (the model routes it as sklearn does); ±inf is refused, as sklearn refuses it.
+        """
         self._require_connection()
+        if self.signature.columnar:
+            return self._prepare_columns(X)
         X = self._reorder_frame(X)
         try:
             array = np.asarray(X)
         except ValueError as exc:
             raise InputError(f"input is not a rectangular table of numbers: {exc}") from None
         if array.dtype == object:
-            raise InputError("input holds non-numeric or ragged values; send numbers, one list per row")
+            try:
+                array = array.astype(np.float64)
+            except (TypeError, ValueError):
+                raise InputError("input holds non-numeric or ragged values; send numbers, one list per row") from None
         if array.dtype.kind not in "iuf":
             raise InputError(f"input has dtype {array.dtype}; send integer or floating-point numbers")
         if array.ndim != 2:
@@ -227,40 +248,106 @@ class RandomForestClient:
             raise InputError(f"input has {array.shape[1]} features per row, the model takes {self.n_features}")
         if array.shape[0] == 0:
             raise InputError("input has no rows")
-        if not np.isfinite(array).all():
-            raise InputError(f"input holds NaN or infinite values in rows {_bad_rows(np.isfinite(array))}")
-        if array.dtype.kind == "f" and array.dtype.itemsize > 4:
-            too_large = np.abs(array) > FP32_MAX
-            if too_large.any():
-                raise InputError(f"values beyond the FP32 range in rows {_bad_rows(~too_large)}")
-        return np.ascontiguousarray(array, dtype=np.float32)
+        _check_finite(array, self.feature_names)
+        return {self.input_name: np.ascontiguousarray(array, dtype=np.float32)}
+
+    def _prepare_columns(self, X) -> dict[str, np.ndarray]:
+        import pandas as pd
+
+        if isinstance(X, (list, tuple)) and X and all(isinstance(row, dict) for row in X):
+            X = pd.DataFrame(list(X))
+        if not hasattr(X, "columns"):
+            raise InputError(f"model {self.model!r} takes named columns ({', '.join(self.feature_names)}): "
+                             "send a pandas DataFrame or a list of dicts")
+        missing = [t.name for t in self.signature.inputs if t.name not in X.columns]
+        if missing:
+            raise InputError(f"input lacks column(s) {', '.join(missing)}; the model takes "
+                             f"{', '.join(t.name for t in self.signature.inputs)}")
+        if len(X) == 0:
+            raise InputError("input has no rows")
+        tensors = {}
+        for tensor in self.signature.inputs:
+            column = X[tensor.name]
+            if tensor.datatype == signature.BYTES:
+                if column.isna().any():
+                    raise InputError(f"column {tensor.name!r} has missing values in rows "
+                                     f"{np.flatnonzero(column.isna().to_numpy())[:5].tolist()}; it takes strings")
+                tensors[tensor.name] = column.astype(str).to_numpy(dtype=object).reshape(-1, 1)
+                continue
+            try:
+                values = pd.to_numeric(column, errors="raise").to_numpy(dtype=np.float64)
+            except (TypeError, ValueError):
+                raise InputError(f"column {tensor.name!r} holds non-numeric values; the model takes numbers "
+                                 "there (NaN for a missing one)") from None
+            _check_finite(values.reshape(-1, 1), [tensor.name])
+            tensors[tensor.name] = values.astype(np.float32).reshape(-1, 1)
+        return tensors
+
+    def infer(self, X) -> Prediction:
+        """Every output of the model for X, split into requests of at most max_batch_size rows.
+
+        values: a regressor's, (rows, n_outputs). probabilities: a classifier's, (rows, n_classes)
+        in the order of `signature.classes`. labels: a classifier's predicted classes.
+        """
+        tensors = self.prepare(X)
+        n_rows = len(next(iter(tensors.values())))
+        found = self.signature
+        wanted = [o.name for o in found.outputs]
+        parts = [self._infer({name: array[start:start + self.max_batch_size] for name, array in tensors.items()},
+                             wanted) for start in range(0, n_rows, self.max_batch_size)]
+        outputs = {name: np.concatenate([part[name] for part in parts]) for name in wanted}
+        if not found.is_classifier:
+            return Prediction(values=outputs[found.values.name])
+        probabilities = outputs[found.probabilities.name].astype(np.float64)
+        classes = np.asarray(found.classes)
+        if found.label is not None:
+            labels = outputs[found.label.name].reshape(-1)
+            labels = np.char.decode(labels.astype(np.bytes_), "utf-8") if labels.dtype == object else labels
+            labels = labels.astype(classes.dtype)
+        else:  # FIL returns probabilities only: the label is the most probable class, as sklearn picks it
+            labels = classes[np.argmax(probabilities, axis=1)]
+        return Prediction(probabilities=probabilities, labels=labels)
 
     def predict(self, X) -> np.ndarray:
-        """Predictions for every row of X (list of rows, numpy array or pandas DataFrame), as a 1-D array."""
-        rows = self.prepare(X)
-        parts = [self._infer(rows[start:start + self.max_batch_size])
-                 for start in range(0, len(rows), self.max_batch_size)]
-        result = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        return result.reshape(len(rows)) if result.shape[1] == 1 else result
+        """What sklearn's `predict` gives: values ((rows,) or (rows, n_outputs)) or class labels."""
+        result = self.infer(X)
+        if result.labels is not None:
+            return result.labels
+        return result.values.reshape(-1) if result.values.shape[1] == 1 else result.values
 
-    def _infer(self, rows: np.ndarray) -> np.ndarray:
+    def predict_proba(self, X) -> np.ndarray:
+        """What sklearn's `predict_proba` gives: (rows, n_classes), columns in `signature.classes` order."""
+        self._require_connection()
+        if not self.signature.is_classifier:
+            raise ClientError(f"model {self.model!r} is a regressor: it has no class probabilities")
+        return self.infer(X).probabilities
+
+    def _infer(self, tensors: dict[str, np.ndarray], wanted: list[str]) -> dict[str, np.ndarray]:
+        n_rows = len(next(iter(tensors.values())))
+        datatypes = {t.name: t.datatype for t in self.signature.inputs}
         if self.protocol == "http":
             import tritonclient.http as proto
 
-            tensor = proto.InferInput(self.input_name, list(rows.shape), "FP32")
-            tensor.set_data_from_numpy(rows, binary_data=True)
-            outputs = [proto.InferRequestedOutput(self.output_name, binary_data=True)]
-            result = self._call_with_retry("infer", self.model, [tensor], model_version=self.version,
-                                           outputs=outputs)
+            inputs = []
+            for name, array in tensors.items():
+                tensor = proto.InferInput(name, list(array.shape), datatypes[name])
+                tensor.set_data_from_numpy(array, binary_data=True)
+                inputs.append(tensor)
+            outputs = [proto.InferRequestedOutput(name, binary_data=True) for name in wanted]
+            result = self._call_with_retry("infer", self.model, inputs, model_version=self.version, outputs=outputs)
         else:
             import tritonclient.grpc as proto
 
-            tensor = proto.InferInput(self.input_name, list(rows.shape), "FP32")
-            tensor.set_data_from_numpy(rows)
-            outputs = [proto.InferRequestedOutput(self.output_name)]
-            result = self._call_with_retry("infer", self.model, [tensor], model_version=self.version,
+            inputs = []
+            for name, array in tensors.items():
+                tensor = proto.InferInput(name, list(array.shape), datatypes[name])
+                tensor.set_data_from_numpy(array)
+                inputs.append(tensor)
+            outputs = [proto.InferRequestedOutput(name) for name in wanted]
+            result = self._call_with_retry("infer", self.model, inputs, model_version=self.version,
                                            outputs=outputs, client_timeout=self.timeout_s)
-        return result.as_numpy(self.output_name).reshape(len(rows), -1)
+        # FIL squeezes size-1 dims ([N] for a regressor); the onnxruntime backend returns [N, 1]: one layout here
+        return {name: result.as_numpy(name).reshape(n_rows, -1) for name in wanted}
 
     def _reorder_frame(self, X):
         """Match a DataFrame's columns to the model's features by name where the names are known."""
@@ -279,6 +366,19 @@ class RandomForestClient:
     def _require_connection(self) -> None:
         if self._client is None or not self.input_name:
             raise ClientError("client is not connected: use `with RandomForestClient(...) as client:` or connect()")
+
+
+def _check_finite(array: np.ndarray, names: list[str] | None) -> None:
+    """±inf and values beyond FP32 are refused (sklearn refuses them too); NaN is a missing value."""
+    if array.dtype.kind != "f":
+        return
+    bad = np.isinf(array) | (np.abs(np.nan_to_num(array)) > FP32_MAX)
+    if bad.any():
+        row, column = (int(i) for i in np.argwhere(bad)[0])
+        name = names[column] if names and column < len(names) else f"feature {column}"
+        raise InputError(f"input holds infinite or out-of-FP32-range values (first at row {row}, column {name}; "
+                         f"rows {_bad_rows(~bad)}); sklearn refuses infinity too: send finite numbers, "
+                         "or NaN for a missing value")
 
 
 def _bad_rows(ok: np.ndarray, limit: int = 5) -> list[int]:

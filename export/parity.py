@@ -14,20 +14,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..signature import Prediction
 from .errors import ExportError
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """What an exported model computed for a batch of rows, in sklearn's layout.
-
-    values: regression, (rows, n_outputs). probabilities: classification, (rows, n_classes) in
-    classes_ order. labels: classification, (rows,) class labels, when the model computes them.
-    """
-
-    values: np.ndarray | None = None
-    probabilities: np.ndarray | None = None
-    labels: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

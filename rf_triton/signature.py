@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 REGRESSION = "regression"
 CLASSIFICATION = "classification"
@@ -117,3 +118,46 @@ def task_from_parameters(parameters: dict[str, str]) -> str:
 def classes_from_parameters(parameters: dict[str, str]) -> tuple:
     text = parameters.get(CLASSES_PARAMETER)
     return tuple(json.loads(text)) if text else ()
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What an exported model computed for a batch of rows, in sklearn's layout.
+
+    values: regression, (rows, n_outputs). probabilities: classification, (rows, n_classes) in
+    classes_ order. labels: classification, (rows,) class labels, when the model computes them.
+    """
+
+    values: Any = None
+    probabilities: Any = None
+    labels: Any = None
+
+
+CONFIG_DATATYPES = {"TYPE_FP32": FP32, "TYPE_INT64": INT64, "TYPE_STRING": BYTES}
+
+
+def from_config(config: dict) -> Signature:
+    """The signature of a served model, from its config as Triton returns it in JSON.
+
+    Works for both protocols (gRPC's JSON gives dims as strings) and for configs written before
+    the `task` parameter existed (regressors).
+    """
+    parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+
+    def tensors(items) -> tuple[Tensor, ...]:
+        found = []
+        for item in items:
+            datatype = CONFIG_DATATYPES.get(item.get("data_type", ""))
+            if datatype is None:
+                raise ValueError(f"tensor {item.get('name')!r} has type {item.get('data_type')}, "
+                                 f"expected one of {', '.join(CONFIG_DATATYPES)}")
+            found.append(Tensor(item["name"], datatype, tuple(int(d) for d in item.get("dims", ())),
+                                item.get("label_filename", "")))
+        return tuple(found)
+
+    inputs = tensors(config.get("input", []))
+    names = parameters.get(FEATURE_NAMES_PARAMETER)
+    feature_names = tuple(json.loads(names)) if names else (
+        tuple(i.name for i in inputs) if len(inputs) > 1 else tuple(f"x{i}" for i in range(inputs[0].dims[-1])))
+    return Signature(task_from_parameters(parameters), inputs, tensors(config.get("output", [])), feature_names,
+                     classes_from_parameters(parameters))

@@ -1,0 +1,210 @@
+"""Every kind of forest a user brings, exported and served by the real embedded Triton, answers what
+sklearn's predict / predict_proba answer, over HTTP and gRPC, rows with missing values included.
+
+Kinds: binary classifier (int labels, trained with NaN), multiclass with string labels (ExtraTrees),
+ExtraTrees regressor, 2-output regressor (trained with NaN), a DataFrame pipeline with a string
+column (OneHotEncoder) and a scaled numeric column, and an OrdinalEncoder pipeline classifier.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import ExtraTreesClassifier, ExtraTreesRegressor, RandomForestClassifier, RandomForestRegressor
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+
+from rf_triton.client import InputError, RandomForestClient
+from rf_triton.export import sources
+from rf_triton.export.pipeline import export_model
+
+pytestmark = pytest.mark.integration
+PROTOCOLS = ("http", "grpc")
+RNG = np.random.default_rng(7)
+
+
+def numeric_data(n: int = 1200, nan_fraction: float = 0.0):
+    X = RNG.normal(size=(n, 4)).astype(np.float32)
+    if nan_fraction:
+        X_train = X.copy()
+        X_train[RNG.random(X.shape) < nan_fraction] = np.nan
+        return X, X_train
+    return X, X
+
+
+def frame_data(n: int = 1200) -> pd.DataFrame:
+    return pd.DataFrame({
+        "city": RNG.choice(["paris", "lyon", "nice", "brest"], n).astype(object),
+        "size": RNG.normal(50, 20, n),
+        "age": RNG.normal(size=n),
+    })
+
+
+def build_models() -> dict:
+    X, X_nan = numeric_data(nan_fraction=0.2)
+    frame = frame_data()
+    value = (frame["city"] == "paris") * 30 + frame["size"] + 5 * frame["age"]
+    return {
+        "binary_nan": RandomForestClassifier(25, max_depth=8, random_state=0).fit(X_nan, (X[:, 0] + X[:, 1] > 0).astype(int)),
+        "multiclass_str": ExtraTreesClassifier(25, max_depth=8, random_state=0).fit(
+            X, np.where(X[:, 0] > 0.5, "high", np.where(X[:, 0] < -0.5, "low", "mid"))),
+        "extra_trees": ExtraTreesRegressor(25, max_depth=8, random_state=0).fit(X, 3 * X[:, 0] - X[:, 2]),
+        "two_outputs_nan": RandomForestRegressor(25, max_depth=8, random_state=0).fit(
+            X_nan, np.c_[X[:, 0] * 10 + X[:, 1], X[:, 2] - X[:, 3]]),
+        "frame_pipeline": Pipeline([
+            ("columns", ColumnTransformer([("city", OneHotEncoder(handle_unknown="ignore"), ["city"]),
+                                           ("size", StandardScaler(), ["size"])], remainder="passthrough")),
+            ("forest", RandomForestRegressor(25, max_depth=8, random_state=0))]).fit(frame, value),
+        "ordinal_pipeline": Pipeline([
+            ("columns", ColumnTransformer([("city", OrdinalEncoder(), ["city"])], remainder="passthrough")),
+            ("forest", RandomForestClassifier(25, max_depth=8, random_state=0))]).fit(
+                frame, np.where(value > 60, "big", "small")),
+    }
+
+
+@pytest.fixture(scope="module")
+def kinds(tmp_path_factory):
+    """Each model pickled, loaded back as a user would, exported, and served by one server."""
+    from rf_triton.serve.server import EmbeddedTriton
+
+    folder = tmp_path_factory.mktemp("kinds")
+    repository = folder / "model_repository"
+    models, exports = build_models(), {}
+    for name, estimator in models.items():
+        joblib.dump(estimator, folder / f"{name}.joblib")
+        trained = sources.load_pickled(folder / f"{name}.joblib")
+        exports[name] = export_model(trained, repository, name=name)
+    server = EmbeddedTriton.on_free_ports(repository, watch_interval_s=None)
+    server.start()
+    try:
+        yield server, models, exports
+    finally:
+        server.stop()
+
+
+def url(server, protocol: str) -> str:
+    return server.endpoints.http if protocol == "http" else server.endpoints.grpc
+
+
+def rows_with_nan(n: int = 300) -> np.ndarray:
+    X, _ = numeric_data(n)
+    X[RNG.random(X.shape) < 0.3] = np.nan
+    X[:3] = np.nan  # whole rows missing
+    return X
+
+
+def test_parity_at_export_covers_nan_rows_for_every_kind(kinds):
+    _, _, exports = kinds
+    for name, result in exports.items():
+        assert result.parity.passed, name
+        assert result.parity.nan_rows > 0, name
+        assert result.parity.label_mismatches == 0, name
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_classifiers_serve_sklearn_labels_and_probabilities(kinds, protocol):
+    server, models, _ = kinds
+    X = rows_with_nan()
+    for name in ("binary_nan", "multiclass_str"):
+        model = models[name]
+        with RandomForestClient(url(server, protocol), protocol=protocol, model=name) as client:
+            labels = client.predict(X)
+            probabilities = client.predict_proba(X)
+            assert client.signature.classes == tuple(model.classes_.tolist())
+        assert labels.dtype.kind == model.classes_.dtype.kind or labels.dtype.kind in "U" and model.classes_.dtype.kind in "OU"
+        np.testing.assert_array_equal(labels, model.predict(X))
+        np.testing.assert_allclose(probabilities, model.predict_proba(X), atol=1e-5)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_regressors_serve_every_output(kinds, protocol):
+    server, models, _ = kinds
+    X = rows_with_nan()
+    for name in ("extra_trees", "two_outputs_nan"):
+        model = models[name]
+        with RandomForestClient(url(server, protocol), protocol=protocol, model=name) as client:
+            predicted = client.predict(X)
+        expected = model.predict(X)
+        assert predicted.shape == expected.shape
+        np.testing.assert_allclose(predicted, expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_dataframe_pipelines_take_columns_by_name(kinds, protocol):
+    server, models, _ = kinds
+    frame = frame_data(200)
+    frame.loc[:9, "city"] = "unseen-city"  # handle_unknown="ignore": sklearn answers, so must the server
+    frame.loc[10:19, "size"] = np.nan
+    shuffled = frame[["age", "city", "size"]]
+    with RandomForestClient(url(server, protocol), protocol=protocol, model="frame_pipeline") as client:
+        assert [t.name for t in client.signature.inputs] == ["city", "size", "age"]
+        predicted = client.predict(shuffled)
+        as_dicts = client.predict(shuffled.head(5).to_dict("records"))
+    expected = models["frame_pipeline"].predict(frame)
+    np.testing.assert_allclose(predicted, expected, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(as_dicts, expected[:5], rtol=1e-5, atol=1e-3)
+
+    known = frame_data(200)
+    with RandomForestClient(url(server, protocol), protocol=protocol, model="ordinal_pipeline") as client:
+        np.testing.assert_array_equal(client.predict(known), models["ordinal_pipeline"].predict(known))
+
+
+def test_classification_extension_returns_top_k_labels(kinds):
+    """Triton's own classification extension reads labels.txt: 'score:index:label', best first."""
+    server, models, _ = kinds
+    model = models["multiclass_str"]
+    row = numeric_data(1)[0]
+    body = {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": row.ravel().tolist()}],
+            "outputs": [{"name": "probabilities", "parameters": {"classification": 2}}]}
+    request = urllib.request.Request(f"http://{server.endpoints.http}/v2/models/multiclass_str/infer",
+                                     data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer = json.load(response)
+    top = answer["outputs"][0]["data"]
+    probabilities = model.predict_proba(row)[0]
+    best = np.argsort(-probabilities)[:2]
+    assert [entry.split(":")[2] for entry in top] == [model.classes_[i] for i in best]
+    assert [int(entry.split(":")[1]) for entry in top] == best.tolist()
+    np.testing.assert_allclose([float(entry.split(":")[0]) for entry in top], probabilities[best], atol=1e-5)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_infinity_refused_by_client_and_server(kinds, protocol):
+    server, _, _ = kinds
+    X = numeric_data(4)[0]
+    X[2, 1] = np.inf
+    with RandomForestClient(url(server, protocol), protocol=protocol, model="binary_nan") as client:
+        with pytest.raises(InputError, match="row 2, column x1"):
+            client.predict(X)
+    # the server refuses it too, for clients that do not check (binary tensor data: JSON has no inf)
+    if protocol == "http":
+        import tritonclient.http as proto
+    else:
+        import tritonclient.grpc as proto
+    from tritonclient.utils import InferenceServerException
+
+    raw = proto.InferenceServerClient(url(server, protocol))
+    tensor = proto.InferInput("X", list(X.shape), "FP32")
+    tensor.set_data_from_numpy(X, **({"binary_data": True} if protocol == "http" else {}))
+    try:
+        with pytest.raises(InferenceServerException, match="infinite values") as refused:
+            raw.infer("binary_nan", [tensor])
+    finally:
+        raw.close()
+    assert str(refused.value.status()) in ("400", "StatusCode.INVALID_ARGUMENT")
+
+
+def test_metadata_records_task_classes_and_outputs(kinds):
+    _, _, exports = kinds
+    binary = exports["binary_nan"].metadata
+    assert binary["task"] == "classification" and binary["classes"] == [0, 1]
+    assert [o["name"] for o in binary["outputs"]] == ["label", "probabilities"]
+    assert exports["two_outputs_nan"].metadata["outputs"][0]["dims"] == [2]
+    assert [i["datatype"] for i in exports["frame_pipeline"].metadata["inputs"]] == ["BYTES", "FP32", "FP32"]
+    assert (exports["multiclass_str"].version_dir.parent / "labels.txt").read_text() == "high\nlow\nmid\n"
