@@ -10,16 +10,16 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from ..export.onnx_convert import GraphSignature
 from ..export.triton_config import CONFIG_FILENAME, ServingOptions, build_config, read_config, write_config
+from ..signature import Signature, from_config
 
 
-def graph_of(config: mc.ModelConfig) -> GraphSignature:
-    """The graph signature a config already declares (one input, one output)."""
-    (model_input,), model_output = config.input, config.output[0]
-    return GraphSignature(model_input.name, list(model_input.dims), model_output.name, list(model_output.dims))
+def graph_of(config: mc.ModelConfig) -> Signature:
+    """The signature a config already declares, read back the way the client reads a served config."""
+    return from_config(json_format.MessageToDict(config, preserving_proto_field_name=True))
 
 
 def retune(config: mc.ModelConfig, options: ServingOptions, *, dynamic_batching: bool = True) -> mc.ModelConfig:

@@ -9,7 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from rf_triton.benchmarks import loadgen
-from rf_triton.benchmarks.bench import CANONICAL, BenchRow, evaluate_targets
+from rf_triton.benchmarks.bench import BATCHING_OFF, CANONICAL, BenchRow, batching_pairs, evaluate_targets
+from rf_triton.benchmarks.inprocess import InProcessResult, bench_sklearn
 from rf_triton.cli import app
 
 runner = CliRunner()
@@ -34,6 +35,39 @@ def test_targets_are_judged_on_the_canonical_config_and_others_are_listed():
     assert large["met"] is False and "Triton, 2 instances: 95% at c2" in large["others"] and "(met)" in large["others"]
     assert c1["met"] is False and "Triton, batching off: p50 0.300 ms (met)" in c1["others"]
     assert gain["met"] is True and gain["measured"].startswith("4.00×")
+
+
+def test_batching_gain_compares_each_configuration_with_its_own_batching_off_twin():
+    """The 1-instance batching-off baseline says nothing about 2 instances: that pair gets no gain figure."""
+    rows = [
+        served(CANONICAL, "http", 64, 1, 9_000, 4.0, 8.0),
+        served(BATCHING_OFF, "http", 64, 1, 3_000, 20, 40, batching=False),
+        served("Triton, 2 instances", "http", 64, 1, 12_000, 4.0, 8.0),
+    ]
+    *_, gain = evaluate_targets(rows, 4096)
+    assert gain["measured"].startswith("3.00×") and gain["met"] is True
+    assert "2 instances" not in gain["others"], gain
+    # A twin declared for the 2-instance configuration is used, and only it.
+    rows.append(served("Triton, 2 instances, batching off", "http", 64, 1, 6_000, 10, 20, batching=False))
+    pairs = {**batching_pairs(), "Triton, 2 instances": "Triton, 2 instances, batching off"}
+    *_, gain = evaluate_targets(rows, 4096, pairs)
+    assert gain["others"] == "Triton, 2 instances: 2.00× (12,000 vs 6,000 req/s)", gain
+    assert batching_pairs() == {CANONICAL: BATCHING_OFF}
+
+
+def test_in_process_throughput_is_the_observed_rate_not_the_median_call():
+    """A run whose median call is 1 ms but that managed 100 calls in 1 s (stalls between) ran at 100/s."""
+    result = InProcessResult("onnxruntime", 1, 64, calls=100, duration_s=1.0, p50_ms=1.0, p99_ms=30.0)
+    assert result.throughput == pytest.approx(100) and result.rows_per_s == pytest.approx(6_400)
+    real = bench_sklearn(_Mean(), 8, 0.05, np.random.default_rng(0), 3)
+    assert real.throughput == pytest.approx(real.calls / real.duration_s)
+
+
+class _Mean:
+    """The smallest real estimator: the row means (bench_sklearn only calls predict)."""
+
+    def predict(self, X):
+        return np.asarray(X).mean(axis=1)
 
 
 def test_unmeasured_targets_say_so():
