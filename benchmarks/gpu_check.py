@@ -85,19 +85,31 @@ def prepare(work: Path, batch_sizes: Annotated[str, typer.Option()] = "1024,1638
     np.save(work / EXPECTED, expected)
 
 
+def model_file(work: Path, export_format: str, filename: str) -> Path:
+    found = sorted((work / export_format).glob(f"*/*/{filename}"))
+    if not found:
+        raise fail(f"no {filename} under {work / export_format}")
+    return found[-1]
+
+
+def time_engine(work: Path, device: str, engine: str, predict: Callable[[np.ndarray], np.ndarray],
+                batch_sizes: str, seconds: float) -> None:
+    """One line per batch size: rows/s over `seconds`, and the error of the last output against sklearn."""
+    rows, expected = load_reference(work)
+    for batch in parse_batches(batch_sizes):
+        rate, got = measure(predict, rows[:batch], seconds)
+        typer.echo(line(device, engine, batch, rate, expected[:batch], got))
+
+
 @app.command()
 def cpu(work: Path, batch_sizes: Annotated[str, typer.Option()] = "1024,16384",
         seconds: Annotated[float, typer.Option(min=0.01)] = 3.0) -> None:
     """ONNX Runtime in-process on the exported model.onnx, every core, host numpy input."""
-    rows, expected = load_reference(work)
-    (model,) = sorted((work / "onnx").glob("*/*/model.onnx")) or [None]
-    if model is None:
-        raise fail(f"no model.onnx under {work / 'onnx'}")
-    session = ort_session(model, 0)
+    load_reference(work)
+    session = ort_session(model_file(work, "onnx", "model.onnx"), 0)
     name = session.get_inputs()[0].name
-    for batch in parse_batches(batch_sizes):
-        rate, got = measure(lambda X: session.run(None, {name: X})[0], rows[:batch], seconds)
-        typer.echo(line("cpu", f"onnxruntime-{all_threads()}-cores", batch, rate, expected[:batch], got))
+    time_engine(work, "cpu", f"onnxruntime-{all_threads()}-cores", lambda X: session.run(None, {name: X})[0],
+                batch_sizes, seconds)
 
 
 @app.command()
@@ -106,17 +118,13 @@ def cuml(work: Path, batch_sizes: Annotated[str, typer.Option()] = "1024,16384",
     """cuML FIL in-process on the very checkpoint.tl the FIL backend serves; the host→device copy is timed."""
     from cuml.fil import ForestInference
 
-    rows, expected = load_reference(work)
-    (checkpoint,) = sorted((work / "fil").glob("*/*/checkpoint.tl")) or [None]
-    if checkpoint is None:
-        raise fail(f"no checkpoint.tl under {work / 'fil'}")
+    load_reference(work)
+    checkpoint = str(model_file(work, "fil", "checkpoint.tl"))
     try:  # cuML < 25.x spells the regressor flag output_class, later releases is_classifier
-        model = ForestInference.load(str(checkpoint), model_type="treelite_checkpoint", output_class=False)
+        model = ForestInference.load(checkpoint, model_type="treelite_checkpoint", output_class=False)
     except TypeError:
-        model = ForestInference.load(str(checkpoint), model_type="treelite_checkpoint", is_classifier=False)
-    for batch in parse_batches(batch_sizes):
-        rate, got = measure(model.predict, rows[:batch], seconds)
-        typer.echo(line("gpu", "cuml-fil", batch, rate, expected[:batch], got))
+        model = ForestInference.load(checkpoint, model_type="treelite_checkpoint", is_classifier=False)
+    time_engine(work, "gpu", "cuml-fil", model.predict, batch_sizes, seconds)
 
 
 @app.command()
