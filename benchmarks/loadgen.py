@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..loadtest.runner import run_bounded
+from ..processes import run_bounded
 
 RESULT_MARK = "RF_TRITON_RESULT "
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..export.triton_config import CONFIG_FILENAME, ServingOptions
-from ..loadtest.summary import ServerBreakdown, try_scrape
+from ..prometheus import ServerBreakdown, try_scrape
 from ..export.errors import first_line
 from ..serve.server import EmbeddedTriton
 from . import configs, loadgen

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 from urllib.parse import urlsplit
@@ -16,7 +17,7 @@ from ..errors import fail
 from ..serve.runtime_repository import RepositoryError
 from ..serve.server import EmbeddedTriton, ServerStartError
 from ..serve.triton_binary import TritonNotAvailable
-from .runner import USER_CLASSES, LoadTestError, LoadTestOptions, run_loadtest, validate
+from .runner import USER_CLASSES, LoadTestError, LoadTestOptions, output_tail, run_loadtest, validate
 from .summary import summary_table
 
 app = typer.Typer()
@@ -24,10 +25,35 @@ console = Console()
 status = Console(stderr=True)
 
 
-def default_addresses(url: str) -> tuple[str, str]:
-    """Triton's default gRPC and metrics addresses on the host of `url` (ports 8001 and 8002)."""
-    host = urlsplit(url if "://" in url else f"http://{url}").hostname or "127.0.0.1"
-    return f"{host}:8001", f"http://{host}:8002/metrics"
+TRITON_DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+
+
+def addresses(url: str, grpc_url: str | None, metrics_url: str | None, protocol: str) -> tuple[str, str, str]:
+    """(HTTP URL, gRPC host:port, metrics URL) to measure, each given or derived from --url.
+
+    Only Triton's own defaults can be derived: --url on port 8000 means gRPC on 8001 and metrics on
+    8002 of the same host. On any other port the other two could be anything (the compose GPU
+    service listens on 8100-8102, a port-forward on others), so they must be given.
+    """
+    http = url if "://" in url else f"http://{url}"
+    parts = urlsplit(http)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"--url {url!r} has an invalid port") from None
+    host = parts.hostname or "127.0.0.1"
+    derivable = port == TRITON_DEFAULT_PORTS["http"]
+    if grpc_url is None and protocol != "http":
+        if not derivable:
+            raise ValueError(f"--url {url} is not on Triton's default HTTP port {TRITON_DEFAULT_PORTS['http']}, "
+                             "so its gRPC address is unknown: give --grpc-url host:port (or --protocol http)")
+        grpc_url = f"{host}:{TRITON_DEFAULT_PORTS['grpc']}"
+    if metrics_url is None:
+        if not derivable:
+            raise ValueError(f"--url {url} is not on Triton's default HTTP port {TRITON_DEFAULT_PORTS['http']}, "
+                             "so its metrics address is unknown: give --metrics-url http://host:port/metrics")
+        metrics_url = f"http://{host}:{TRITON_DEFAULT_PORTS['metrics']}/metrics"
+    return http, grpc_url or "", metrics_url
 
 
 @contextlib.contextmanager
@@ -48,9 +74,11 @@ def _server(serve: bool, repository: Path):
 @app.command("loadtest")
 def loadtest(
     url: Annotated[str, typer.Option(help="Triton HTTP endpoint (embedded server or stock container).")] = "http://127.0.0.1:8000",
-    grpc_url: Annotated[Optional[str], typer.Option(help="Triton gRPC host:port (default: --url's host, port 8001).")] = None,
+    grpc_url: Annotated[Optional[str], typer.Option(
+        help="Triton gRPC host:port (default when --url is on port 8000: its host, port 8001; else required).")] = None,
     metrics_url: Annotated[Optional[str], typer.Option(
-        help="Triton Prometheus endpoint for the server-side breakdown (default: --url's host, port 8002).")] = None,
+        help="Triton Prometheus endpoint for the server-side breakdown (default when --url is on port 8000: "
+             "its host, port 8002; else required).")] = None,
     users: Annotated[int, typer.Option(help="Concurrent Locust users; each keeps one request in flight.")] = 8,
     spawn_rate: Annotated[float, typer.Option(help="Users started per second.")] = 8.0,
     run_time: Annotated[str, typer.Option(help="How long to run, in Locust's format: 20s, 2m, 1m30s.")] = "20s",
@@ -70,26 +98,29 @@ def loadtest(
     """Run the Locust suite headless against Triton and print requests/s, rows/s, failures, latency
     percentiles and Triton's own breakdown (queue, compute, batch size) over the run.
 
-    Exits 1 if any request failed or the run did not complete.
+    Exits 1 if any request failed, no request completed, a user could not start, or the run did not
+    complete. Ctrl-C stops Locust (and the --serve server) before exiting.
     """
     try:
+        options = LoadTestOptions(url, grpc_url or "", metrics_url, users, spawn_rate, run_time, protocol, model,
+                                  rows_per_request, csv, html, payload_csv, ab)
+        validate(options)  # before anything starts
+        if not serve:
+            split_url(url, "http")
+            url, grpc_url, metrics_url = addresses(url, grpc_url, metrics_url, protocol)
         with _server(serve, repository) as server:
             if server is not None:
                 url, grpc_url, metrics_url = f"http://{server.endpoints.http}", server.endpoints.grpc, server.endpoints.metrics
-            split_url(url, "http")
-            default_grpc, default_metrics = default_addresses(url)
-            options = LoadTestOptions(url if "://" in url else f"http://{url}", grpc_url or default_grpc,
-                                      metrics_url or default_metrics, users, spawn_rate, run_time, protocol, model,
-                                      rows_per_request, csv, html, payload_csv, ab)
-            validate(options)
+            options = replace(options, url=url, grpc_url=grpc_url, metrics_url=metrics_url)
             with status.status(f"Locust: {users} users over {protocol} for {run_time}"):
                 result = run_loadtest(options)
     except (ValueError, LoadTestError, TritonNotAvailable, RepositoryError, ServerStartError) as exc:
         raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted: Locust stopped" + (", server stopped" if serve else ""), code=130) from None
     console.print(summary_table(result.summary))
     if summary_json:
         summary_json.write_text(json.dumps(result.summary.to_dict(), indent=2))
     failures = result.summary.total.failure_count
     if result.returncode != 0 or failures:
-        tail = "\n".join(result.output.strip().splitlines()[-15:])
-        raise fail(f"locust exited with {result.returncode}, {failures} failed requests\n{tail}")
+        raise fail(f"locust exited with {result.returncode}, {failures} failed requests\n{output_tail(result.output)}")

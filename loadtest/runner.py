@@ -1,27 +1,30 @@
 """Run the Locust suite headless in a child process, bounded by a hard timeout, and summarise it.
 
 Locust monkey-patches the standard library with gevent on import, so it runs in its own process
-(`python -m locust`), in its own process group: on timeout the whole group is killed by PID.
-Triton's counters are scraped just before and just after, so the server-side breakdown covers the run.
+(`python -m locust`), in its own process group, supervised by rf_triton.processes: on timeout,
+Ctrl-C or any other way out the whole group is stopped by PID. Triton's counters are scraped just
+before and just after, so the server-side breakdown covers the run.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import prometheus
 from ..client.ab import normalised, parse_weights
+from ..processes import run_bounded
 from . import summary as summary_module
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 USER_CLASSES = {"http": ["TritonHttpUser"], "grpc": ["TritonGrpcUser"], "both": ["TritonHttpUser", "TritonGrpcUser"]}
 GRACE_S = 60.0  # beyond --run-time: start-up, ramp-down and Locust's own report
+# At --run-time, each user finishes the request it has in flight (within this many seconds) instead of
+# being cancelled mid-call, which Triton would count as a failed request.
+STOP_TIMEOUT_S = 10
 TIMESPAN_UNITS = {"h": 3600, "m": 60, "s": 1}
 
 
@@ -68,7 +71,8 @@ def locust_command(options: LoadTestOptions, csv_prefix: Path) -> list[str]:
     command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
                "-u", str(options.users), "-r", str(options.spawn_rate), "--run-time", options.run_time,
                "--host", options.url, "--grpc-host", options.grpc_url, "--model", options.model,
-               "--rows-per-request", str(options.rows_per_request), "--csv", str(csv_prefix)]
+               "--rows-per-request", str(options.rows_per_request), "--csv", str(csv_prefix),
+               "--stop-timeout", str(STOP_TIMEOUT_S)]
     if options.html:
         command += ["--html", str(options.html)]
     if options.payload_csv:
@@ -96,31 +100,34 @@ def validate(options: LoadTestOptions) -> None:
 def run_loadtest(options: LoadTestOptions, *, timeout_s: float | None = None) -> LoadTestResult:
     """Run Locust headless against the server and return its exit code, output and the run's summary."""
     validate(options)
-    timeout_s = timeout_s if timeout_s is not None else parse_timespan(options.run_time) + GRACE_S
+    timeout_s = timeout_s if timeout_s is not None else parse_timespan(options.run_time) + STOP_TIMEOUT_S + GRACE_S
     with tempfile.TemporaryDirectory(prefix="rf-triton-locust-") as tmp:
         csv_prefix = options.csv_prefix or Path(tmp) / "run"
-        before, note = summary_module.try_scrape(options.metrics_url, options.model)
-        returncode, output = run_bounded(locust_command(options, csv_prefix), timeout_s)
-        after, note_after = summary_module.try_scrape(options.metrics_url, options.model) if before else (None, note)
+        before, note = prometheus.try_scrape(options.metrics_url, options.model)
+        try:
+            returncode, output = run_bounded(locust_command(options, csv_prefix), timeout_s)
+        except TimeoutError as exc:
+            raise LoadTestError(str(exc)) from None
+        after, note_after = prometheus.try_scrape(options.metrics_url, options.model) if before else (None, note)
         stats = Path(f"{csv_prefix}_stats.csv")
         if not stats.is_file():
             raise LoadTestError(f"locust exited with {returncode} and wrote no statistics:\n{output[-3000:]}")
         client = summary_module.read_locust_stats(stats)
-    server = summary_module.ServerBreakdown.from_delta(after - before) if before and after else None
+        start_failures = summary_module.read_start_failures(stats)
+    if start_failures:
+        raise LoadTestError(f"users could not start ({', '.join(start_failures)}); Locust's report:\n"
+                            f"{output_tail(output)}")
+    if client[-1].request_count == 0:
+        raise LoadTestError(f"no request completed in {options.run_time} (locust exited with {returncode}); "
+                            f"Locust's last lines:\n{output_tail(output)}")
+    server = prometheus.ServerBreakdown.from_delta(after - before) if before and after else None
     if server is not None:
         note = "server figures include any other traffic to the model during the run"
-    return LoadTestResult(returncode, output, summary_module.RunSummary(client, server, note or note_after))
+    targets = {"HTTP": options.url if options.protocol != "grpc" else "", "gRPC": options.grpc_url
+               if options.protocol != "http" else "", "metrics": options.metrics_url or ""}
+    return LoadTestResult(returncode, output, summary_module.RunSummary(
+        client, server, note or note_after, {kind: address for kind, address in targets.items() if address}))
 
 
-def run_bounded(command: list[str], timeout_s: float) -> tuple[int, str]:
-    """Run `command` in its own process group; kill the group by PID if it outlives `timeout_s`."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               text=True, start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        raise LoadTestError(f"{Path(command[0]).name} still running after {timeout_s:.0f} s; killed. "
-                            f"Output tail:\n{output[-3000:]}") from None
-    return process.returncode, output
+def output_tail(output: str, lines: int = 15) -> str:
+    return "\n".join(output.strip().splitlines()[-lines:])

@@ -7,3 +7,9 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     """Print `error: MESSAGE` on stderr and return the Exit to raise: no traceback for a user's mistake."""
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (libraries raise paragraphs), or its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

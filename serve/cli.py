@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import logging
 import signal
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -20,12 +20,16 @@ app = typer.Typer()
 console = Console(stderr=True)
 
 
-class _Stop(Exception):
-    """Raised from the SIGTERM handler so the main loop stops the server like on Ctrl-C."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def _raise_stop(signum, frame):
-    raise _Stop(signal.Signals(signum).name)
+def configure_logging(verbose: int) -> None:
+    """-v: what the supervisor and the repository watcher do; -vv: everything rf-triton logs.
+
+    Without -v, only errors: the console lines of this command already report the watcher's failures."""
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.ERROR
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("rf_triton").setLevel(level)
 
 
 @app.command("serve")
@@ -41,6 +45,8 @@ def serve(
         envvar=CONTROL_KEY_ENV, show_envvar=True,
         help=f"Require this value in the '{CONTROL_KEY_HEADER}' header for the model-repository API "
              "(load/unload/index), over HTTP and gRPC. Inference stays open.")] = None,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True,
+                                         help="Log what the supervisor and the repository watcher do (-vv: more).")] = 0,
 ) -> None:
     """Serve a model repository with the real Triton server from the nvidia-pytriton wheel (no Docker).
 
@@ -49,9 +55,14 @@ def serve(
     are mirrored within a second; `rf-triton models load` makes the server pick them up.
     Stops cleanly on Ctrl-C or SIGTERM.
     """
+    configure_logging(verbose)
     server = EmbeddedTriton(repository, host=host, http_port=http_port, grpc_port=grpc_port,
                             metrics_port=metrics_port, log_verbose=log_verbose, control_key=control_key)
-    previous = signal.signal(signal.SIGTERM, _raise_stop)
+
+    def request_stop(signum, frame):  # only sets an event: the stop itself runs in the main loop, once
+        server.request_stop()
+
+    previous = {signum: signal.signal(signum, request_stop) for signum in STOP_SIGNALS}
     try:
         with console.status(f"Starting tritonserver on {repository}"):
             server.start(ready_timeout_s=ready_timeout_s)
@@ -64,16 +75,32 @@ def serve(
         console.print("  model control: " + (f"needs the '{CONTROL_KEY_HEADER}' header" if control_key else
                                              "open (set --control-key to restrict load/unload)"))
         console.print("Press Ctrl-C to stop.")
-        while server.is_running():
-            time.sleep(0.5)
-        code = server.process.poll()
-        raise fail(f"tritonserver exited unexpectedly (code {code}):\n{server.log_tail()}")
-    except (TritonNotAvailable, RepositoryError, ServerStartError) as exc:
-        raise fail(str(exc)) from None
-    except (KeyboardInterrupt, _Stop):
+        _serve_until_stopped(server)
+    except ServerStartError as exc:
+        if not server.wait_stop_requested(0):
+            raise fail(str(exc)) from None
         console.print("stopping tritonserver")
+    except (TritonNotAvailable, RepositoryError) as exc:
+        raise fail(str(exc)) from None
     finally:
         code = server.stop()
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if code not in (0, None):
         raise fail(f"tritonserver exited with code {code}:\n{server.final_log_tail}")
+
+
+def _serve_until_stopped(server: EmbeddedTriton) -> None:
+    """Wait for a stop request, reporting the repository watcher's failures and recoveries as they come."""
+    shown_error = None
+    while not server.wait_stop_requested(0.5):
+        if not server.is_running():
+            raise fail(f"tritonserver exited unexpectedly (code {server.process.poll()}):\n{server.log_tail()}")
+        if server.sync_error != shown_error:
+            if server.sync_error:
+                console.print(f"[yellow]warning:[/] repository changes not mirrored, loads will fail until "
+                              f"fixed: {server.sync_error}")
+            else:
+                console.print("repository mirrored again")
+            shown_error = server.sync_error
+    console.print("stopping tritonserver")

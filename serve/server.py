@@ -1,18 +1,18 @@
 """Start and stop the real tritonserver from the nvidia-pytriton wheel on a model repository.
 
 One class serves the CLI, the demo, the tests, the load tests and the benchmarks: it derives the
-runtime repository, starts tritonserver in its own session with a parent-death signal, polls
-readiness against a deadline (watching that the process is still alive), and stops it with
-SIGINT → wait → SIGKILL of the whole process group (the Python-backend stubs included).
+runtime repository, starts tritonserver as a supervised process group (rf_triton.processes: own
+session, ended if we die), polls readiness against a deadline (watching that the process is still
+alive), and stops it with SIGINT → wait → SIGKILL of the whole group (the Python-backend stubs included).
+A watcher thread mirrors changes of the canonical repository; when it cannot, it says why in the
+log and in `sync_error`, and makes every model's next load fail with that reason instead of
+reloading a stale copy.
 """
 
 from __future__ import annotations
 
-import ctypes
-import json
-import os
+import logging
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -24,10 +24,27 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import CONTROL_KEY_HEADER
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from .. import CONTROL_KEY_HEADER, processes
+from ..errors import first_line
 from . import runtime_repository, triton_binary
 
-PR_SET_PDEATHSIG = 1
+log = logging.getLogger(__name__)
+
+# Written in place of a model's runtime folder while the canonical repository cannot be mirrored:
+# its next load fails with the reason, as the stock container's would on the canonical repository.
+BLOCKED_CONFIG = 'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n' \
+    'input [{{ name: "INPUT" data_type: TYPE_FP32 dims: [1] }}]\n' \
+    'output [{{ name: "OUTPUT" data_type: TYPE_FP32 dims: [1] }}]\n'
+BLOCKED_MODEL = """import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        raise pb_utils.TritonModelException({reason!r})
+"""
 
 
 class ServerStartError(RuntimeError):
@@ -101,11 +118,6 @@ def group_shm_regions(pgid: int) -> set[Path]:
     return regions
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 class EmbeddedTriton:
     """The real Triton Inference Server serving `repository` on this machine."""
 
@@ -123,10 +135,14 @@ class EmbeddedTriton:
         self._watcher: threading.Thread | None = None
         self._stop_watching = threading.Event()
         self._sync_lock = threading.Lock()
+        self._stop_lock = threading.Lock()
+        self._stop_requested = threading.Event()
+        self._blocked: set[str] = set()  # runtime models replaced by a failing stand-in while sync fails
         self.sync_error: str | None = None
         self.shm_regions: set[Path] = set()
         self.final_log_tail = ""
-        self.process: subprocess.Popen | None = None
+        self.exit_code: int | None = None
+        self.group: processes.ProcessGroup | None = None
         self.workdir: Path | None = None
         self.runtime: runtime_repository.RuntimeRepository | None = None
         self.ready_after_s: float | None = None
@@ -172,9 +188,15 @@ class EmbeddedTriton:
     def control_headers(self) -> dict[str, str]:
         return {CONTROL_KEY_HEADER: self.control_key} if self.control_key else {}
 
+    @property
+    def process(self) -> subprocess.Popen | None:
+        return self.group.process if self.group is not None else None
+
     def start(self, *, ready_timeout_s: float = 120.0) -> "EmbeddedTriton":
-        """Derive the runtime repository, launch tritonserver, and wait until every model is ready."""
-        if self.process is not None:
+        """Derive the runtime repository, launch tritonserver, and wait until every model is ready.
+
+        `request_stop()` (from a signal handler, another thread) ends the wait with ServerStartError."""
+        if self.group is not None:
             raise RuntimeError("server already started")
         install = triton_binary.locate()
         busy = [p for p in (self.endpoints.http_port, self.endpoints.grpc_port, self.endpoints.metrics_port)
@@ -187,16 +209,19 @@ class EmbeddedTriton:
             derived_from = runtime_repository.canonical_state(self.repository)  # changes after this get mirrored
             self.runtime = runtime_repository.derive(self.repository, self.workdir / "models")
             backends = install.prepare_backends(self.workdir / "backends")
-            with open(self.log_path, "wb") as log:
+            with open(self.log_path, "wb") as server_log:
                 started = time.monotonic()
-                self.process = subprocess.Popen(
-                    self.command(backends, self.runtime.path), stdout=log, stderr=subprocess.STDOUT,
+                self.group = processes.start(
+                    self.command(backends, self.runtime.path), stdout=server_log, stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL, env=install.environment(), cwd=self.workdir,
-                    start_new_session=True, preexec_fn=_die_with_parent,
+                    grace_s=self.exit_timeout_s + 5,
                 )
+            log.info("tritonserver (pid %d) starting on %s, log %s", self.group.pid, self.repository, self.log_path)
             self.wait_ready(ready_timeout_s)
             self.ready_after_s = time.monotonic() - started
-            self.shm_regions = group_shm_regions(self.process.pid)
+            log.info("tritonserver ready after %.1f s: HTTP %s, gRPC %s, metrics %s", self.ready_after_s,
+                     self.endpoints.http, self.endpoints.grpc, self.endpoints.metrics)
+            self.shm_regions = group_shm_regions(self.group.pid)
             if self.watch_interval_s:
                 self._start_watching(derived_from)
         except BaseException:
@@ -204,31 +229,71 @@ class EmbeddedTriton:
             raise
         return self
 
+    def client(self, timeout_s: float = 10.0) -> httpclient.InferenceServerClient:
+        """A tritonclient HTTP client of this server (the caller closes it)."""
+        return httpclient.InferenceServerClient(self.endpoints.http, connection_timeout=timeout_s,
+                                                network_timeout=timeout_s)
+
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        url = f"http://{self.endpoints.http}/v2/health/ready"
-        while time.monotonic() < deadline:
-            code = self.process.poll()
-            if code is not None:
-                raise ServerStartError(f"tritonserver exited with code {code} before it was ready:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(url, timeout=1.0) as response:
-                    if response.status == 200:
+        client = self.client(timeout_s=1.0)
+        try:
+            while time.monotonic() < deadline:
+                code = self.process.poll()
+                if code is not None:
+                    raise ServerStartError(f"tritonserver exited with code {code} before it was ready:\n{self.log_tail()}")
+                try:
+                    if client.is_server_ready():
                         return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.1)
+                except (InferenceServerException, OSError):
+                    pass
+                if self._stop_requested.wait(0.1):
+                    raise ServerStartError("stop requested before tritonserver was ready")
+        finally:
+            client.close()
         raise ServerStartError(f"tritonserver not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def request_stop(self) -> None:
+        """Ask the owner's loop to stop the server (safe from a signal handler: it only sets an event)."""
+        self._stop_requested.set()
+
+    def wait_stop_requested(self, timeout_s: float) -> bool:
+        return self._stop_requested.wait(timeout_s)
 
     def sync_repository(self) -> runtime_repository.RuntimeRepository:
         """Mirror the canonical repository's changes (new versions, configs) into the runtime one.
 
         Triton reads them when a model is next loaded through its repository API
         (`rf-triton models load`), exactly as the stock container would read the canonical one.
+        When the canonical repository cannot be derived, every model's runtime folder is replaced by
+        a stand-in whose load fails with the reason (the served versions stay in memory), and the
+        exception is raised; the next successful sync puts the real folders back.
         """
         with self._sync_lock:
-            self.runtime = runtime_repository.sync(self.repository, self.runtime.path)
+            self._unblock()
+            try:
+                self.runtime = runtime_repository.sync(self.repository, self.runtime.path)
+            except Exception as exc:
+                self._block(f"the model repository {self.repository} cannot be served: {first_line(exc)}")
+                raise
             return self.runtime
+
+    def _block(self, reason: str) -> None:
+        names = {p.name for p in self.runtime.path.iterdir() if p.is_dir()}
+        if self.repository.is_dir():
+            names |= {p.name for p in runtime_repository.model_dirs(self.repository)}
+        for name in sorted(names):
+            target = self.runtime.path / name
+            shutil.rmtree(target, ignore_errors=True)
+            (target / "1").mkdir(parents=True)
+            (target / "1" / "model.py").write_text(BLOCKED_MODEL.format(reason=reason))
+            (target / runtime_repository.CONFIG_FILENAME).write_text(BLOCKED_CONFIG.format(name=name))
+            self._blocked.add(name)
+
+    def _unblock(self) -> None:
+        for name in sorted(self._blocked):
+            shutil.rmtree(self.runtime.path / name, ignore_errors=True)
+        self._blocked.clear()
 
     def _start_watching(self, seen: tuple) -> None:
         self._stop_watching.clear()
@@ -237,21 +302,36 @@ class EmbeddedTriton:
         self._watcher.start()
 
     def _watch(self, seen: tuple) -> None:
+        """Mirror each change; on failure, say why once and retry on every tick until a sync succeeds."""
         while not self._stop_watching.wait(self.watch_interval_s):
             try:
                 state = runtime_repository.canonical_state(self.repository)
-                if state != seen:
-                    self.sync_repository()
-                    seen, self.sync_error = state, None
-            except (OSError, runtime_repository.RepositoryError) as exc:
-                self.sync_error = str(exc)  # keep serving what is there; retried on the next change
+                if state == seen:
+                    continue
+                runtime = self.sync_repository()
+            except Exception as exc:  # anything: the thread must outlive a bad repository
+                error = f"{type(exc).__name__}: {first_line(exc)}"
+                if error != self.sync_error:
+                    log.warning("cannot mirror %s into the runtime repository (models cannot be loaded until it "
+                              "is fixed): %s", self.repository, error)
+                self.sync_error = error
+                continue
+            if self.sync_error is not None:
+                log.warning("repository %s mirrored again", self.repository)
+            else:
+                log.info("repository %s changed: mirrored %s", self.repository,
+                         ", ".join(f"{name} {versions}" for name, versions in runtime.models.items()))
+            seen, self.sync_error = state, None
 
     def is_running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.group is not None and self.group.poll() is None
 
     def post(self, path: str, body: bytes, headers: dict[str, str] | None = None, *,
              timeout_s: float = 30.0) -> tuple[int, str]:
-        """POST `body` to `path` on the HTTP endpoint; (status, text), an error answer included."""
+        """POST raw `body` to `path` on the HTTP endpoint; (status, text), an error answer included.
+
+        For requests tritonclient would refuse to build (malformed bodies, wrong headers): the
+        bad-request and control-key tests send exactly what a careless client would."""
         request = urllib.request.Request(f"http://{self.endpoints.http}{path}", data=body, method="POST",
                                          headers=headers or {"Content-Type": "application/json"})
         try:
@@ -262,16 +342,21 @@ class EmbeddedTriton:
 
     def model_index(self) -> list[dict]:
         """The repository index (name, version, state) as the server sees it."""
-        status, text = self.post("/v2/repository/index", b"{}",
-                                 {"Content-Type": "application/json", **self.control_headers}, timeout_s=5.0)
-        if status != 200:
-            raise OSError(f"repository index answered HTTP {status}: {text}")
-        return json.loads(text)
+        client = self.client(timeout_s=5.0)
+        try:
+            return client.get_model_repository_index(headers=self.control_headers)
+        except InferenceServerException as exc:
+            raise OSError(f"repository index refused: {exc.message()}") from None
+        finally:
+            client.close()
 
     def model_stats(self, model: str) -> dict:
         """Triton's statistics of `model` (counts and cumulated times), as /v2/models/<model>/stats gives them."""
-        with urllib.request.urlopen(f"http://{self.endpoints.http}/v2/models/{model}/stats", timeout=10) as response:
-            (stats,) = json.loads(response.read())["model_stats"]
+        client = self.client()
+        try:
+            (stats,) = client.get_inference_statistics(model)["model_stats"]
+        finally:
+            client.close()
         return stats
 
     def log_tail(self, lines: int = 40) -> str:
@@ -281,52 +366,49 @@ class EmbeddedTriton:
             return "".join(deque(log, maxlen=lines)).rstrip()
 
     def stop(self, timeout_s: float | None = None) -> int | None:
-        """SIGINT the server, wait, then SIGKILL its process group; remove the runtime folder. Returns the exit code."""
-        code = None
-        self._stop_watching.set()
-        if self._watcher is not None:
-            self._watcher.join()
-            self._watcher = None
-        if self.process is not None:
-            code = self.process.poll()
-            self.shm_regions |= group_shm_regions(self.process.pid)
-            if code is None:
-                code = self._signal_and_wait(timeout_s if timeout_s is not None else self.exit_timeout_s + 5)
-            self._reap_group()
-            self._remove_leftover_shm()
-            self.process = None
-        if code not in (0, None):
-            self.final_log_tail = self.log_tail()  # the log goes with the work folder
-        if self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self.workdir = None
-        return code
+        """SIGINT the server, wait, then SIGKILL its process group; remove its shm and work folder.
 
-    def _signal_and_wait(self, timeout_s: float) -> int:
-        try:
-            self.process.send_signal(signal.SIGINT)  # the server itself: it unloads models and stops its stubs
-            return self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            return self.process.wait()
+        Returns the exit code. Idempotent: a second call (a second Ctrl-C, a context exit after an
+        explicit stop) returns the same code; each cleanup step runs even if an earlier one failed.
+        """
+        with self._stop_lock:
+            if self.group is None and self.workdir is None:
+                return self.exit_code
+            try:
+                self._stop_watching.set()
+                if self._watcher is not None:
+                    self._watcher.join()
+                    self._watcher = None
+            finally:
+                try:
+                    if self.group is not None:
+                        self.shm_regions |= group_shm_regions(self.group.pid)
+                        # SIGINT to the server itself: it unloads models and stops its stubs, then the group goes.
+                        self.exit_code = self.group.stop(timeout_s if timeout_s is not None else self.exit_timeout_s + 5)
+                        log.info("tritonserver (pid %d) exited with code %s", self.group.pid, self.exit_code)
+                finally:
+                    try:
+                        if self.group is not None:
+                            self._remove_leftover_shm(self.group.pid)
+                    finally:
+                        self.group = None
+                        if self.exit_code not in (0, None):
+                            self.final_log_tail = self.log_tail()  # the log goes with the work folder
+                        if self.workdir is not None:
+                            shutil.rmtree(self.workdir, ignore_errors=True)
+                            self.workdir = None
+            return self.exit_code
 
-    def _remove_leftover_shm(self) -> None:
+    def _remove_leftover_shm(self, pgid: int) -> None:
         """Triton removes its stubs' shared memory on a clean exit; after a crash or kill, we do."""
         deadline = time.monotonic() + 5.0
-        while group_shm_regions(self.process.pid) and time.monotonic() < deadline:
+        while group_shm_regions(pgid) and time.monotonic() < deadline:
             time.sleep(0.05)  # killed stubs still exiting
         for region in self.shm_regions:
             region.unlink(missing_ok=True)
 
-    def _reap_group(self) -> None:
-        """Kill whatever is left in the server's process group (stubs outliving the server)."""
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
     def __enter__(self) -> "EmbeddedTriton":
-        return self.start() if self.process is None else self
+        return self.start() if self.group is None else self
 
     def __exit__(self, *exc) -> None:
         self.stop()

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from rf_triton.loadtest.payload import PayloadError, csv_feature_table, random_rows, sample_csv_rows
-from rf_triton.loadtest.runner import LoadTestError, run_bounded
+from rf_triton.processes import run_bounded
 from rf_triton.serve.server import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def run_locust(args: list[str], timeout_s: float = LOCUST_HARD_TIMEOUT_S) -> tup
     """Run Locust in its own process group; kill the group by PID if it outlives `timeout_s`."""
     try:
         return run_bounded([sys.executable, "-m", "locust", "-f", str(PROJECT_ROOT / LOCUSTFILE), *args], timeout_s)
-    except LoadTestError as exc:
+    except TimeoutError as exc:
         pytest.fail(str(exc))
 
 

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from rf_triton.cli import app
 from rf_triton.loadtest.runner import LoadTestOptions, locust_command, parse_timespan, validate
-from rf_triton.loadtest.summary import ServerBreakdown, parse_metrics, read_locust_stats
+from rf_triton.loadtest.summary import read_locust_stats
+from rf_triton.prometheus import ServerBreakdown, parse_metrics
 
 DATA = Path(__file__).with_name("data")
 runner = CliRunner()
