@@ -23,7 +23,7 @@ from sklearn.preprocessing import StandardScaler
 from typer.testing import CliRunner
 from tritonclient.grpc import model_config_pb2 as mc
 
-from rf_triton.export import fil, onnx_convert, parity, sources
+from rf_triton.export import fil, parity, sources
 from rf_triton.export.errors import ExportError
 from rf_triton.export.parity import relative_errors
 from rf_triton.export.triton_config import feature_names, read_config
@@ -181,19 +181,17 @@ def test_embedded_server_skips_fil_models_with_a_warning(tmp_path):
     assert not (runtime / "rf_fil").exists()
 
 
-def test_committed_fil_repository_is_the_demo_model():
-    """model_repository_fil/ (served by the compose `gpu` profile) holds the same forest as model_repository/."""
+def test_committed_fil_repository_is_the_demo_model(demo_model):
+    """model_repository_fil/ (served by the compose `gpu` profile) holds the demo forest, NaN routing included."""
     model_dir = ROOT / "model_repository_fil" / "random_forest"
     config = read_config(model_dir / "config.pbtxt")
     assert config.backend == "fil" and config.parameters["model_type"].string_value == "treelite_checkpoint"
     checkpoint = (model_dir / "1" / "checkpoint.tl").read_bytes()
     assert fil.signature(checkpoint).inputs[0].dims == tuple(config.input[0].dims) == (5,)
     X, _ = sources.demo_dataset(seed=3, n_samples=500)
-    onnx_bytes = (ROOT / "model_repository" / "random_forest" / "1" / "model.onnx").read_bytes()
-    assert np.max(relative_errors(onnx_convert.predict(onnx_bytes, X).values,
-                                  fil.predict(checkpoint, X).values)) <= 1e-4
-
-
+    X = np.concatenate([X, parity.with_missing_values(X)])
+    expected = demo_model.estimator.predict(X)
+    assert np.max(relative_errors(expected, fil.predict(checkpoint, X).values)) <= 1e-6
 
 
 def test_checkpoint_declares_the_treelite_version_fil_24_10_reads():
