@@ -228,3 +228,9 @@ def _load(checkpoint: bytes):
         return treelite.Model.deserialize_bytes(checkpoint)
     except Exception as exc:  # TreeliteError for corrupt or foreign bytes
         raise ExportError(f"not a readable treelite checkpoint: {type(exc).__name__}") from exc
+
+
+def graph_tensors(checkpoint: bytes) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """The inputs and outputs the checkpoint implies; what config.pbtxt must say (read by doctor)."""
+    found = signature(checkpoint)
+    return found.inputs, found.outputs

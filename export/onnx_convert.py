@@ -110,8 +110,8 @@ def _declare_outputs(graph, trained) -> None:
     label.type.tensor_type.shape.dim.add().dim_value = 1
 
 
-def signature(onnx_bytes: bytes, trained) -> Signature:
-    """Inputs and outputs as the graph declares them (batch dim stripped), with the model's task."""
+def graph_tensors(onnx_bytes: bytes) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """The inputs and outputs the graph declares (batch dim stripped); what config.pbtxt must say."""
     import onnx
 
     graph = onnx.load_from_string(onnx_bytes).graph
@@ -129,6 +129,12 @@ def signature(onnx_bytes: bytes, trained) -> Signature:
 
     inputs = tuple(tensor(i) for i in graph.input if i.name not in initializers)
     outputs = tuple(tensor(o, LABELS_FILENAME if o.name == PROBABILITIES_OUTPUT else "") for o in graph.output)
+    return inputs, outputs
+
+
+def signature(onnx_bytes: bytes, trained) -> Signature:
+    """The served signature: the graph's tensors with the model's task, classes and feature names."""
+    inputs, outputs = graph_tensors(onnx_bytes)
     found = Signature(trained.task, inputs, outputs, tuple(trained.feature_names), trained.classes)
     _check_against_model(found, trained)
     return found

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from .client.client import RandomForestClient
 from .export import sources
-from .export.onnx_convert import relative_errors
+from .export.parity import relative_errors
 from .export.pipeline import DEFAULT_MODEL_NAME, DEFAULT_TOLERANCE, export_model
 from .serve.server import EmbeddedTriton
 

@@ -24,7 +24,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 from ..errors import fail
 from ..export import fil, onnx_convert
 from ..export.errors import ExportError, first_line
-from ..export.onnx_convert import GraphSignature
+from ..signature import Tensor
+from ..export.triton_config import DATA_TYPES
 from ..export.repository import versions
 from ..export.triton_config import CONFIG_FILENAME, FIL_FILENAME, ONNX_FILENAME, PLATFORM_BACKENDS, read_config
 from . import runtime_repository, triton_binary
@@ -39,7 +40,8 @@ STYLES = {OK: "green", FAIL: "bold red", WARN: "yellow"}
 SHM_MIN_FREE_MIB = 64  # the Python backend's stubs map 1 MiB regions per instance and grow them per request
 HELP_TIMEOUT_S = 30.0
 MODEL_FILENAMES = {"onnxruntime": ONNX_FILENAME, "fil": FIL_FILENAME, "python": "model.py"}
-GRAPH_READERS = {"onnxruntime": ("ONNX graph", onnx_convert.signature), "fil": ("treelite checkpoint", fil.signature)}
+GRAPH_READERS = {"onnxruntime": ("ONNX graph", onnx_convert.graph_tensors),
+                 "fil": ("treelite checkpoint", fil.graph_tensors)}
 REEXPORT = "re-export it: rf-triton export --repository {repository} --name {name} (add --format fil for FIL)"
 
 
@@ -202,28 +204,29 @@ def dims_match(config_dims, graph_dims: list[int]) -> bool:
     return len(config_dims) == len(graph_dims) and all(c == g or -1 in (c, g) for c, g in zip(config_dims, graph_dims))
 
 
-def mismatches(config: mc.ModelConfig, graph: GraphSignature) -> list[str]:
-    """How config.pbtxt's input and output differ from the graph's (names, dtypes, dims)."""
+def mismatches(config: mc.ModelConfig, graph: tuple[tuple[Tensor, ...], tuple[Tensor, ...]]) -> list[str]:
+    """How config.pbtxt's inputs and outputs differ from the graph's (names, dtypes, dims)."""
     batch = [] if config.max_batch_size > 0 else [-1]  # without batching the config spells the batch dim out
     problems = []
-    for kind, tensors, graph_name, graph_dims in (("input", config.input, graph.input_name, graph.input_dims),
-                                                  ("output", config.output, graph.output_name, graph.output_dims)):
-        if len(tensors) != 1:
-            problems.append(f"config has {len(tensors)} {kind}s, the graph one ({graph_name})")
+    for kind, tensors, declared in (("input", config.input, graph[0]), ("output", config.output, graph[1])):
+        names = [t.name for t in declared]
+        if [t.name for t in tensors] != names:
+            problems.append(f"config {kind}s {[t.name for t in tensors]}, the graph's {names}")
             continue
-        tensor, expected = tensors[0], batch + list(graph_dims)
-        if tensor.name != graph_name:
-            problems.append(f"{kind} name {tensor.name!r}, the graph's is {graph_name!r}")
-        if tensor.data_type != mc.TYPE_FP32:
-            problems.append(f"{kind} {tensor.name} is {mc.DataType.Name(tensor.data_type)}, the graph's TYPE_FP32")
-        if not dims_match(tensor.dims, expected):
-            problems.append(f"{kind} {tensor.name} dims {list(tensor.dims)}, the graph's {expected}")
+        for tensor, wanted in zip(tensors, declared):
+            expected = batch + list(wanted.dims)
+            if tensor.data_type != DATA_TYPES[wanted.datatype]:
+                problems.append(f"{kind} {tensor.name} is {mc.DataType.Name(tensor.data_type)}, the graph's "
+                                f"{mc.DataType.Name(DATA_TYPES[wanted.datatype])}")
+            if not dims_match(tensor.dims, expected):
+                problems.append(f"{kind} {tensor.name} dims {list(tensor.dims)}, the graph's {expected}")
+    inputs = {t.name: t for t in graph[0]}
     for warmup in config.model_warmup:  # Triton runs it at load: a stale name or shape fails the load
         for key, sample in warmup.inputs.items():
-            if key != graph.input_name:
-                problems.append(f"warmup {warmup.name!r} feeds {key!r}, the graph's input is {graph.input_name!r}")
-            elif not dims_match(sample.dims, list(graph.input_dims)):
-                problems.append(f"warmup {warmup.name!r} dims {list(sample.dims)}, the graph's {graph.input_dims}")
+            if key not in inputs:
+                problems.append(f"warmup {warmup.name!r} feeds {key!r}, the graph's inputs are {sorted(inputs)}")
+            elif not dims_match(sample.dims, list(inputs[key].dims)):
+                problems.append(f"warmup {warmup.name!r} dims {list(sample.dims)}, the graph's {list(inputs[key].dims)}")
     return problems
 
 
@@ -243,7 +246,8 @@ def check_graph(model_dir: Path, config: mc.ModelConfig, complete: list[int], re
             problems.append(f"version {version}: {filename} is not a readable {kind} ({type(exc).__name__}: {first_line(exc)})")
             continue
         problems += [f"version {version}: {p}" for p in mismatches(config, graph)]
-        signatures.add(f"{graph.input_name} FP32 {graph.input_dims} -> {graph.output_name} FP32 {graph.output_dims}")
+        signatures.add(" ".join(f"{t.name} {t.datatype} {list(t.dims)}" for t in graph[0]) + " -> " +
+                       " ".join(f"{t.name} {t.datatype} {list(t.dims)}" for t in graph[1]))
     if problems:
         return Check(name, FAIL, "; ".join(problems),
                      f"make config.pbtxt say what the graph takes, or {REEXPORT.format(repository=repository, name=model_dir.name)}")

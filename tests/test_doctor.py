@@ -94,7 +94,7 @@ def _corrupt_model_file(repository: Path) -> None:
     (_remove_model_file, "versions", "version 1 has no model.onnx", "remove the incomplete folder"),
     (_half_written_version, "versions", "version 2: model.onnx is empty (half-written)", "/random_forest/2"),
     (_mismatch_dims, "graph", "input X dims [6], the graph's [5]", "make config.pbtxt say what the graph takes"),
-    (_stale_warmup, "graph", "warmup 'zero_rows' feeds 'features', the graph's input is 'X'", "rf-triton export"),
+    (_stale_warmup, "graph", "warmup 'zero_rows' feeds 'features', the graph's inputs are ['X']", "rf-triton export"),
     (_corrupt_model_file, "graph", "model.onnx is not a readable ONNX graph", "rf-triton export"),
 ], ids=["missing-config", "unparseable-config", "missing-model-file", "half-written-version", "mismatched-dims",
         "stale-warmup", "corrupt-model-file"])

@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 import pytest
-from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+from sklearn.ensemble import GradientBoostingRegressor, RandomForestClassifier, RandomForestRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from typer.testing import CliRunner
@@ -69,7 +69,7 @@ def test_demo_export_writes_version_then_next(tmp_path):
     assert metadata["n_estimators"] == 50 and metadata["max_depth"] == 10
     assert metadata["parity"]["max_rel_error"] <= 1e-4 and metadata["parity"]["rows"] > 0
     assert metadata["scores"]["validation_r2"] > 0.8
-    assert "parity: max abs error" in first.output
+    assert "parity (ONNX Runtime):" in first.output and "max abs error" in first.output
 
 
 def test_explicit_version_and_existing_version_refused(tmp_path):
@@ -134,29 +134,40 @@ def _bad_inputs(tmp_path: Path, csv_file: Path, small_data) -> dict[str, tuple[l
     corrupt = tmp_path / "corrupt.joblib"
     corrupt.write_bytes(b"\x80\x04 definitely not a pickle")
     classifier = tmp_path / "classifier.joblib"
-    joblib.dump(RandomForestClassifier(n_estimators=3).fit(X, y > 0), classifier)
+    joblib.dump(RandomForestClassifier(n_estimators=3).fit(X, y > 0), classifier)  # bool labels
+    boosted = tmp_path / "boosted.joblib"
+    joblib.dump(GradientBoostingRegressor(n_estimators=3).fit(X, y), boosted)
+    two_targets = tmp_path / "two_targets.joblib"
+    joblib.dump(RandomForestClassifier(n_estimators=3).fit(X, np.c_[y > 0, y > 1].astype(int)), two_targets)
     unfitted = tmp_path / "unfitted.joblib"
     joblib.dump(RandomForestRegressor(), unfitted)
     not_a_model = tmp_path / "dict.joblib"
     joblib.dump({"weights": [1, 2, 3]}, not_a_model)
-    text_column = tmp_path / "text.csv"
-    pd.DataFrame({"city": ["a", "b"] * 10, "size": range(20), "price": range(20)}).to_csv(text_column, index=False)
-    with_nan = tmp_path / "nan.csv"
+    text_gap = tmp_path / "text.csv"
+    pd.DataFrame({"city": ["a", None] * 10, "size": range(20), "price": range(20)}).to_csv(text_gap, index=False)
+    with_inf = tmp_path / "inf.csv"
     frame = pd.read_csv(csv_file)
-    frame.loc[3, "income"] = np.nan
-    frame.to_csv(with_nan, index=False)
+    frame.loc[3, "income"] = np.inf
+    frame.to_csv(with_inf, index=False)
+    one_class = tmp_path / "one_class.csv"
+    frame.assign(price="same").to_csv(one_class, index=False)
     garbage = tmp_path / "garbage.csv"
     garbage.write_bytes(b"\x00\x01\x02\xff\xfe")
     return {
         "missing model": (["--model", str(tmp_path / "nope.joblib")], "model file not found"),
         "corrupt model": (["--model", str(corrupt)], "cannot load model"),
-        "classifier": (["--model", str(classifier)], "RandomForestClassifier, expected a RandomForestRegressor"),
+        "bool labels": (["--model", str(classifier)], "class labels of type bool are not supported"),
+        "not a forest": (["--model", str(boosted)], "holds a GradientBoostingRegressor, expected a RandomForest"),
+        "two-target classifier": (["--model", str(two_targets)], "with 2 outputs is not supported"),
         "unfitted": (["--model", str(unfitted)], "not fitted"),
         "not a model": (["--model", str(not_a_model)], "holds a dict"),
         "missing csv": (["--data", str(tmp_path / "nope.csv"), "--target", "price"], "data file not found"),
         "no target column": (["--data", str(csv_file), "--target", "cost"], "target column 'cost' not in"),
-        "text feature": (["--data", str(text_column), "--target", "price"], "non-numeric feature columns in .*: city"),
-        "nan in data": (["--data", str(with_nan), "--target", "price"], r"missing \(NaN\) values .*income"),
+        "missing string": (["--data", str(text_gap), "--target", "price"], "missing values in string column 'city'"),
+        "inf in data": (["--data", str(with_inf), "--target", "price"], r"infinite values in .*income"),
+        "one class": (["--data", str(one_class), "--target", "price"], "has a single class"),
+        "bad task": (["--data", str(csv_file), "--target", "price", "--task", "ranking"], "--task must be"),
+        "task without data": (["--task", "classification"], "--task goes with --data"),
         "unreadable csv": (["--data", str(garbage), "--target", "price"], "target column|cannot read CSV"),
         "tolerance breach": (["--tolerance", "1e-12"], "parity check failed"),
         "zero tolerance": (["--tolerance", "0"], "--tolerance must be > 0"),
@@ -171,8 +182,9 @@ def _bad_inputs(tmp_path: Path, csv_file: Path, small_data) -> dict[str, tuple[l
     }
 
 
-BAD_CASES = ["missing model", "corrupt model", "classifier", "unfitted", "not a model", "missing csv",
-             "no target column", "text feature", "nan in data", "unreadable csv", "tolerance breach",
+BAD_CASES = ["missing model", "corrupt model", "bool labels", "not a forest", "two-target classifier", "unfitted",
+             "not a model", "missing csv", "no target column", "missing string", "inf in data", "one class",
+             "bad task", "task without data", "unreadable csv", "tolerance breach",
              "zero tolerance", "both sources", "data without target", "target without data", "bad kind",
              "bad version policy", "bad max batch", "bad trees", "bad name"]
 
@@ -212,3 +224,27 @@ def test_failure_while_writing_leaves_no_version(tmp_path, monkeypatch):
     assert snapshot(repo) == before
     assert sorted(p.name for p in repo.iterdir()) == ["random_forest"]
     assert sorted(p.name for p in (repo / "random_forest").iterdir()) == ["1", "config.pbtxt"]
+
+
+def test_data_with_a_text_target_trains_a_classifier_and_says_so(tmp_path, csv_file):
+    """A non-numeric target trains a classifier; string features and missing numbers are welcome."""
+    frame = pd.read_csv(csv_file)
+    frame["segment"] = np.where(frame["income"] > frame["income"].median(), "upper", "lower")
+    frame["city"] = np.resize(["paris", "lyon", "nice"], len(frame))
+    frame.loc[::7, "age"] = np.nan
+    data = tmp_path / "customers.csv"
+    frame.drop(columns=["price"]).to_csv(data, index=False)
+    repo = tmp_path / "repo"
+    result = export("--repository", str(repo), "--data", str(data), "--target", "segment", "--n-estimators", "8")
+    assert result.exit_code == 0, result.output
+    assert "classification" in result.output and "RandomForestClassifier" in result.output
+    metadata = json.loads((repo / "random_forest" / "1" / "metadata.json").read_text())
+    assert metadata["task"] == "classification" and metadata["classes"] == ["lower", "upper"]
+    assert [i["name"] for i in metadata["inputs"]] == ["age", "income", "ratio", "city"]
+    assert metadata["parity"]["nan_rows"] > 0 and metadata["parity"]["label_mismatches"] == 0
+    assert (repo / "random_forest" / "labels.txt").read_text() == "lower\nupper\n"
+
+    forced = export("--repository", str(repo), "--name", "ages", "--data", str(csv_file), "--target", "price",
+                    "--task", "classification", "--n-estimators", "4")
+    assert forced.exit_code == 0, forced.output
+    assert json.loads((repo / "ages" / "1" / "metadata.json").read_text())["task"] == "classification"

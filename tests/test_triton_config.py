@@ -5,13 +5,15 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from rf_triton.export.errors import ExportError
-from rf_triton.export.onnx_convert import GraphSignature
 from rf_triton.export.triton_config import (
     DEFAULTS, ServingOptions, build_config, feature_names, parse_version_policy, read_config, to_text, write_config,
 )
 
-GRAPH = GraphSignature("X", [5], "variable", [1])
-META = {"feature_names": '["a", "b", "c", "d", "e"]'}
+from rf_triton.signature import Signature, Tensor
+
+GRAPH = Signature("regression", (Tensor("X", "FP32", (5,)),), (Tensor("variable", "FP32", (1,)),),
+                  ("a", "b", "c", "d", "e"))
+META = GRAPH.config_parameters()
 
 
 def test_new_config_targets_onnxruntime_with_defaults():
@@ -51,15 +53,14 @@ def test_update_keeps_what_options_do_not_name():
     existing.response_cache.enable = True
     existing.dynamic_batching.default_queue_policy.max_queue_size = 99
     existing.parameters["owner"].string_value = "team-a"
-    updated = build_config("rf", GraphSignature("X", [7], "variable", [1]), ServingOptions(max_batch_size=64),
-                           {"feature_names": "[]"}, existing)
+    updated = build_config("rf", GRAPH, ServingOptions(max_batch_size=64), META, existing)
     assert updated.response_cache.enable
     assert updated.dynamic_batching.max_queue_delay_microseconds == 700
     assert updated.dynamic_batching.default_queue_policy.max_queue_size == 99
     assert updated.instance_group[0].count == 4
     assert updated.parameters["owner"].string_value == "team-a"
     assert updated.max_batch_size == 64
-    assert list(updated.input[0].dims) == [7]  # the graph always wins
+    assert list(updated.input[0].dims) == [5]
     assert len(updated.input) == 1 and len(updated.model_warmup) == 1
 
 
@@ -116,3 +117,30 @@ def test_unparseable_config_is_reported(tmp_path):
     path.write_text("max_batch_size: lots")
     with pytest.raises(ExportError, match="not a valid Triton model config"):
         read_config(path)
+
+
+@pytest.mark.parametrize("changed", [
+    Signature("regression", (Tensor("X", "FP32", (7,)),), GRAPH.outputs, tuple("abcdefg")),  # feature count
+    Signature("regression", GRAPH.inputs, (Tensor("variable", "FP32", (2,)),), GRAPH.feature_names),  # outputs
+    Signature("regression", GRAPH.inputs, GRAPH.outputs, ("v", "w", "x", "y", "z")),  # feature names
+    Signature("classification", GRAPH.inputs, (Tensor("label", "INT64", (1,)),
+                                                Tensor("probabilities", "FP32", (2,), "labels.txt")),
+              GRAPH.feature_names, (0, 1)),  # task
+])
+def test_a_new_version_cannot_change_the_signature(changed):
+    """The config is shared by every version: rewriting its tensors would break the older ones."""
+    existing = build_config("rf", GRAPH, ServingOptions(), META)
+    with pytest.raises(ExportError, match="a new version must keep them.*another --name"):
+        build_config("rf", changed, ServingOptions(), changed.config_parameters(), existing)
+
+
+def test_classifier_config_marks_probabilities_with_labels():
+    classifier = Signature("classification", GRAPH.inputs, (Tensor("label", "BYTES", (1,)),
+                                                             Tensor("probabilities", "FP32", (3,), "labels.txt")),
+                           GRAPH.feature_names, ("a", "b", "c"))
+    config = build_config("rf", classifier, ServingOptions(), classifier.config_parameters())
+    label, probabilities = config.output
+    assert label.data_type == mc.TYPE_STRING and list(label.dims) == [1] and not label.label_filename
+    assert probabilities.label_filename == "labels.txt" and list(probabilities.dims) == [3]
+    assert config.parameters["task"].string_value == "classification"
+    assert config.parameters["classes"].string_value == '["a", "b", "c"]'
