@@ -199,8 +199,7 @@ class ChunkReader:
         self._file = open(self.path, "rb")
         try:
             reader = pcsv.open_csv(self._file, convert_options=convert)
-            pending = []
-            rows = 0
+            buffered = None  # rows read and not yet handed out: chunks have exactly chunk_rows rows
             while True:
                 try:
                     batch = reader.read_next_batch()
@@ -208,13 +207,13 @@ class ChunkReader:
                     break
                 except pa.ArrowInvalid as exc:
                     raise BatchError(f"cannot read CSV {self.path}: {first_line(exc)}") from None
-                pending.append(batch)
-                rows += batch.num_rows
-                if rows >= self.chunk_rows:
-                    yield pa.Table.from_batches(pending)
-                    pending, rows = [], 0
-            if pending:
-                yield pa.Table.from_batches(pending)
+                table = pa.Table.from_batches([batch])
+                buffered = table if buffered is None else pa.concat_tables([buffered, table])
+                while buffered.num_rows >= self.chunk_rows:
+                    yield buffered.slice(0, self.chunk_rows)
+                    buffered = buffered.slice(self.chunk_rows)
+            if buffered is not None and buffered.num_rows:
+                yield buffered
         finally:
             self._file.close()
 
