@@ -52,6 +52,7 @@ def convert(trained) -> bytes:
     _route_missing_values(model.graph, trained.forest)
     _declare_outputs(model.graph, trained)
     model.doc_string = f"{type(trained.forest).__name__} exported by rf-triton"
+    model.graph.name = type(trained.forest).__name__  # skl2onnx draws a random name: keep exports reproducible
     if model.ir_version > MAX_IR_VERSION:
         model.ir_version = MAX_IR_VERSION
     onnx.checker.check_model(model)

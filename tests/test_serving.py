@@ -14,7 +14,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from rf_triton.client.client import InputError, RandomForestClient, ServerUnavailableError
-from rf_triton.export.onnx_convert import relative_errors
+from rf_triton.export.parity import relative_errors
 
 pytestmark = pytest.mark.integration
 PROTOCOLS = ["http", "grpc"]
