@@ -376,7 +376,7 @@ def _check_finite(array: np.ndarray, names: list[str] | None) -> None:
     if bad.any():
         row, column = (int(i) for i in np.argwhere(bad)[0])
         name = names[column] if names and column < len(names) else f"feature {column}"
-        raise InputError(f"input holds infinite or out-of-FP32-range values (first at row {row}, column {name}; "
+        raise InputError(f"input holds infinite values or values beyond the FP32 range (first at row {row}, column {name}; "
                          f"rows {_bad_rows(~bad)}); sklearn refuses infinity too: send finite numbers, "
                          "or NaN for a missing value")
 
