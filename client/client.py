@@ -272,7 +272,13 @@ class RandomForestClient:
                 if column.isna().any():
                     raise InputError(f"column {tensor.name!r} has missing values in rows "
                                      f"{np.flatnonzero(column.isna().to_numpy())[:5].tolist()}; it takes strings")
-                tensors[tensor.name] = column.astype(str).to_numpy(dtype=object).reshape(-1, 1)
+                values = column.astype(str).to_numpy(dtype=object)
+                unknown = self.signature.unknown_categories(tensor.name, values)
+                if unknown:
+                    raise InputError(f"column {tensor.name!r} holds {values[unknown[0]]!r} (rows {unknown[:5]}), not a "
+                                     "category the model was fitted on; its encoder refuses unknown values, as "
+                                     "sklearn does")
+                tensors[tensor.name] = values.reshape(-1, 1)
                 continue
             try:
                 values = pd.to_numeric(column, errors="raise").to_numpy(dtype=np.float64)

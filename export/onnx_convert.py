@@ -136,7 +136,8 @@ def graph_tensors(onnx_bytes: bytes) -> tuple[tuple[Tensor, ...], tuple[Tensor, 
 def signature(onnx_bytes: bytes, trained) -> Signature:
     """The served signature: the graph's tensors with the model's task, classes and feature names."""
     inputs, outputs = graph_tensors(onnx_bytes)
-    found = Signature(trained.task, inputs, outputs, tuple(trained.feature_names), trained.classes)
+    found = Signature(trained.task, inputs, outputs, tuple(trained.feature_names), trained.classes,
+                      tuple((c, tuple(v)) for c, v in trained.closed_categories.items()))
     _check_against_model(found, trained)
     return found
 

@@ -41,6 +41,8 @@ class TrainedModel:
     source: str
     scores: dict[str, float] = field(default_factory=dict)
     string_columns: tuple[str, ...] = ()
+    # string columns whose encoder refuses values it has not seen (handle_unknown="error")
+    closed_categories: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def n_features(self) -> int:
@@ -195,7 +197,8 @@ def load_pickled(path: Path) -> TrainedModel:
     strings = string_columns(estimator, feature_names)
     X_val = (_probe_columns(estimator, feature_names, strings) if strings
              else _probe_inputs(estimator, n_features))
-    return TrainedModel(estimator, feature_names, X_val, f"loaded from {path.name}", string_columns=strings)
+    return TrainedModel(estimator, feature_names, X_val, f"loaded from {path.name}", string_columns=strings,
+                        closed_categories=closed_categories(estimator, feature_names))
 
 
 def _check_servable(forest) -> None:
@@ -211,6 +214,29 @@ def _check_servable(forest) -> None:
     if kind not in "iuOU" or (kind == "O" and not all(isinstance(c, str) for c in forest.classes_)):
         raise ExportError(f"class labels of type {np.asarray(forest.classes_).dtype} are not supported: "
                           "train with integer or string labels")
+
+
+def closed_categories(estimator, feature_names: list[str]) -> dict[str, list[str]]:
+    """The categories of each string column whose encoder refuses unknown values, as sklearn does.
+
+    The ONNX graph cannot refuse them (its OrdinalEncoder maps an unknown string to a number, its
+    OneHotEncoder fails the whole request), so the client and the embedded server check against
+    this list, carried in config.pbtxt."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    if not isinstance(estimator, Pipeline) or not isinstance(estimator.steps[0][1], ColumnTransformer):
+        return {}
+    closed: dict[str, list[str]] = {}
+    for _, transformer, columns in estimator.steps[0][1].transformers_:
+        encoder = transformer.steps[-1][1] if isinstance(transformer, Pipeline) else transformer
+        categories = getattr(encoder, "categories_", None)
+        if categories is None or getattr(encoder, "handle_unknown", "error") != "error":
+            continue
+        for column, values in zip(_column_names(columns, feature_names), categories):
+            if np.asarray(values).dtype.kind in "OU":
+                closed[column] = [str(v) for v in values]
+    return closed
 
 
 def string_columns(estimator, feature_names: list[str]) -> tuple[str, ...]:
@@ -270,7 +296,8 @@ def _fit_and_score(X, y, names, n_estimators, max_depth, seed, source, task=REGR
     metric = "accuracy" if task == CLASSIFICATION else "r2"
     scores = {f"train_{metric}": float(estimator.score(X_train, y_train)),
               f"validation_{metric}": float(estimator.score(X_val, y_val))}
-    return TrainedModel(estimator, list(names), X_val, source, scores, string_columns=strings)
+    return TrainedModel(estimator, list(names), X_val, source, scores, string_columns=strings,
+                        closed_categories=closed_categories(estimator, list(names)))
 
 
 def _can_stratify(y) -> bool:

@@ -27,6 +27,7 @@ TASKS = (REGRESSION, CLASSIFICATION)
 TASK_PARAMETER = "task"
 CLASSES_PARAMETER = "classes"
 FEATURE_NAMES_PARAMETER = "feature_names"
+CATEGORIES_PARAMETER = "known_categories"
 LABELS_FILENAME = "labels.txt"
 
 # Triton's datatypes as the model metadata and the client name them, and numpy's for each.
@@ -50,6 +51,8 @@ class Signature:
     outputs: tuple[Tensor, ...]
     feature_names: tuple[str, ...]
     classes: tuple = ()  # classification: sklearn's classes_, in order (ints or strings)
+    # string columns whose values must be known categories (the encoder refuses others, as sklearn does)
+    known_categories: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def is_classifier(self) -> bool:
@@ -86,7 +89,17 @@ class Signature:
         parameters = {TASK_PARAMETER: self.task, FEATURE_NAMES_PARAMETER: json.dumps(list(self.feature_names))}
         if self.is_classifier:
             parameters[CLASSES_PARAMETER] = json.dumps(classes_to_json(self.classes))
+        if self.known_categories:
+            parameters[CATEGORIES_PARAMETER] = json.dumps({c: list(v) for c, v in self.known_categories})
         return parameters
+
+    def unknown_categories(self, column: str, values) -> list[int]:
+        """Rows of `values` (strings of `column`) that the model's encoder would refuse."""
+        known = dict(self.known_categories).get(column)
+        if known is None:
+            return []
+        allowed = set(known)
+        return [i for i, v in enumerate(values) if v not in allowed]
 
     def labels_file(self) -> str:
         """labels.txt: one class name a line, in probability order."""
@@ -159,5 +172,7 @@ def from_config(config: dict) -> Signature:
     names = parameters.get(FEATURE_NAMES_PARAMETER)
     feature_names = tuple(json.loads(names)) if names else (
         tuple(i.name for i in inputs) if len(inputs) > 1 else tuple(f"x{i}" for i in range(inputs[0].dims[-1])))
+    categories = json.loads(parameters.get(CATEGORIES_PARAMETER) or "{}")
     return Signature(task_from_parameters(parameters), inputs, tensors(config.get("output", [])), feature_names,
-                     classes_from_parameters(parameters))
+                     classes_from_parameters(parameters),
+                     tuple((column, tuple(values)) for column, values in categories.items()))

@@ -35,6 +35,9 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
 
         self.inputs = [(i["name"], NUMPY_TYPES[i["data_type"]]) for i in config["input"]]
+        # string columns whose encoder refuses unseen values (sklearn's handle_unknown="error")
+        categories = json.loads(parameters.get("known_categories") or "{}")
+        self.known = {name: np.asarray([v.encode() for v in values], dtype=object) for name, values in categories.items()}
         self.output_names = [o["name"] for o in config["output"]]
         self.output_dtypes = {o["name"]: NUMPY_TYPES[o["data_type"]] for o in config["output"]}
 
@@ -42,7 +45,7 @@ class TritonPythonModel:
         columns = {name: [pb_utils.get_input_tensor_by_name(request, name).as_numpy() for request in requests]
                    for name, _ in self.inputs}
         batch = {name: arrays[0] if len(arrays) == 1 else np.concatenate(arrays) for name, arrays in columns.items()}
-        if any(np.isinf(array).any() for array in batch.values() if array.dtype.kind == "f"):
+        if self._refused(batch):
             return self._execute_checked(columns)  # rare: find the offending requests one by one
         sizes = [len(array) for array in columns[self.inputs[0][0]]]
         return self._run(batch, sizes, list(range(len(requests))), [None] * len(requests))
@@ -52,8 +55,7 @@ class TritonPythonModel:
         responses = [None] * count
         owners = []
         for index in range(count):
-            problem = next((_infinite(name, arrays[index]) for name, arrays in columns.items()
-                            if arrays[index].dtype.kind == "f" and np.isinf(arrays[index]).any()), None)
+            problem = self._refused({name: arrays[index] for name, arrays in columns.items()})
             if problem:
                 responses[index] = _invalid(problem)
             else:
@@ -63,6 +65,21 @@ class TritonPythonModel:
         batch = {name: np.concatenate([arrays[i] for i in owners]) for name, arrays in columns.items()}
         sizes = [len(columns[self.inputs[0][0]][i]) for i in owners]
         return self._run(batch, sizes, owners, responses)
+
+    def _refused(self, tensors):
+        """Why these inputs are refused (infinity, an unknown category), or None."""
+        for name, array in tensors.items():
+            if array.dtype.kind == "f" and np.isinf(array).any():
+                return _infinite(name, array)
+            known = self.known.get(name)
+            if known is not None:
+                unknown = ~np.isin(array.reshape(-1), known)
+                if unknown.any():
+                    rows = np.flatnonzero(unknown)[:5].tolist()
+                    value = array.reshape(-1)[rows[0]]
+                    return (f"input '{name}' holds {value!r} (rows {rows}), not a category the model was fitted on; "
+                            "its encoder refuses unknown values, as sklearn does")
+        return None
 
     def _run(self, batch, sizes, owners, responses):
         """One ONNX Runtime run over the batch; each request gets back its own slice of every output.

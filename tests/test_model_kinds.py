@@ -208,3 +208,37 @@ def test_metadata_records_task_classes_and_outputs(kinds):
     assert exports["two_outputs_nan"].metadata["outputs"][0]["dims"] == [2]
     assert [i["datatype"] for i in exports["frame_pipeline"].metadata["inputs"]] == ["BYTES", "FP32", "FP32"]
     assert (exports["multiclass_str"].version_dir.parent / "labels.txt").read_text() == "high\nlow\nmid\n"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_unknown_category_refused_where_sklearn_refuses_it(kinds, protocol):
+    """OrdinalEncoder(handle_unknown="error"): sklearn raises, so the client and the server refuse."""
+    server, models, _ = kinds
+    frame = frame_data(3)
+    frame.loc[1, "city"] = "atlantis"
+    with pytest.raises(ValueError, match="unknown categories"):
+        models["ordinal_pipeline"].predict(frame)
+    with RandomForestClient(url(server, protocol), protocol=protocol, model="ordinal_pipeline") as client:
+        with pytest.raises(InputError, match="'atlantis' .*rows \\[1\\].*refuses unknown values"):
+            client.predict(frame)
+
+    if protocol == "http":
+        import tritonclient.http as proto
+    else:
+        import tritonclient.grpc as proto
+    from tritonclient.utils import InferenceServerException
+
+    raw = proto.InferenceServerClient(url(server, protocol))
+    inputs = []
+    for name, datatype, values in (("city", "BYTES", frame["city"].to_numpy(dtype=object)),
+                                   ("size", "FP32", frame["size"].to_numpy(np.float32)),
+                                   ("age", "FP32", frame["age"].to_numpy(np.float32))):
+        tensor = proto.InferInput(name, [3, 1], datatype)
+        tensor.set_data_from_numpy(values.reshape(-1, 1))
+        inputs.append(tensor)
+    try:
+        with pytest.raises(InferenceServerException, match="atlantis") as refused:
+            raw.infer("ordinal_pipeline", inputs)
+    finally:
+        raw.close()
+    assert str(refused.value.status()) in ("400", "StatusCode.INVALID_ARGUMENT")
