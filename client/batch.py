@@ -3,9 +3,10 @@
 Why it is built this way:
 - Chunks (pyarrow's streaming CSV reader, Parquet row batches) keep memory flat whatever the file
   size: a few chunks are alive at once, never the file.
-- Several requests are in flight (one client per worker thread), so that every server instance has
-  work while the next one travels; results are placed by row position, so a request resent by the
-  client's retry policy after a server restart can neither lose nor duplicate a row.
+- Several requests are in flight (one client per worker thread), by default one per server
+  instance: on 2 shared cores more only adds client work. Results are placed by row position,
+  so a request resent by the client's retry policy after a server restart can neither lose nor
+  duplicate a row.
 - The output is written under a temporary name in the same folder and renamed at the end: an
   interrupted run never leaves a half-written file under the final name.
 - Each chunk's feature values are checked here, before sending, so that a bad value is reported
@@ -54,7 +55,7 @@ class RowError:
 @dataclass
 class BatchOptions:
     chunk_rows: int = 65536
-    concurrency: int = 0          # 0: twice the server's instance count
+    concurrency: int = 0          # 0: one per server instance
     on_error: str = "stop"
     proba: bool = False
 
@@ -459,7 +460,7 @@ def score_file(factory: Callable[[], RandomForestClient], input_path: Path, outp
         model = model_columns(probe)
         names = output_names(probe, options.proba)
         batch_rows = probe.max_batch_size
-        concurrency = options.concurrency or 2 * instance_count(probe)
+        concurrency = options.concurrency or instance_count(probe)
     columns = select_columns(reader.columns, model)
     clash = [n for n in names + ([ERROR_COLUMN] if options.on_error == "skip" else []) if n in reader.columns]
     if output_path is not None and clash:

@@ -93,7 +93,7 @@ def predict(
              "(prediction, prediction_<i>, or label and proba_<class>). Default: values on stdout.")] = None,
     proba: Annotated[bool, typer.Option(help="Classifier: class probabilities instead of (stdout) or beside (--output) labels.")] = False,
     concurrency: Annotated[int, typer.Option(
-        help="Requests in flight while scoring a file; 0: twice the model's instance count.")] = 0,
+        help="Requests in flight while scoring a file; 0: one per model instance (instance_group count).")] = 0,
     on_error: Annotated[str, typer.Option(
         help="A bad row (not a number, infinite): stop (one error line) or skip (written with an 'error' column).")] = "stop",
     chunk_rows: Annotated[int, typer.Option(help="Rows read and written at a time.")] = 65536,

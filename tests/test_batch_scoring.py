@@ -121,13 +121,13 @@ def test_grpc_small_requests_many_in_flight(triton, tmp_path):
     np.testing.assert_allclose(read(tmp_path / "out.parquet")["prediction"].to_numpy(), expected, rtol=1e-6)
 
 
-def test_default_concurrency_is_twice_the_instances(triton, tmp_path):
+def test_default_concurrency_is_one_per_instance(triton, tmp_path):
     with RandomForestClient(triton.endpoints.http) as client:
         config = client._call("get_model_config", client.model, "")
     instances = sum(int(group["count"]) for group in config["instance_group"])
     summary = score_file(lambda: RandomForestClient(triton.endpoints.http), write(rows(50), tmp_path / "r.csv"),
                          tmp_path / "o.csv")
-    assert summary.concurrency == 2 * instances
+    assert summary.concurrency == instances
 
 
 def test_without_output_prints_one_value_per_row(triton, tmp_path):
