@@ -20,7 +20,18 @@ from . import tune as tune_module
 
 app = typer.Typer()
 console = Console()
-FAILURES = (ExportError, RepositoryError, ServerStartError, TritonNotAvailable, FileNotFoundError, RuntimeError)
+FAILURES = (ExportError, RepositoryError, ServerStartError, TritonNotAvailable, OSError, RuntimeError)
+
+
+def check_inputs(repository: Path, model: str, positive: dict[str, float], non_negative: dict[str, float]) -> None:
+    """Refuse what would fail mid-run, before any server starts: one error line each."""
+    if not (repository / model).is_dir():
+        raise fail(f"model {model!r} not found in {repository} (give the repository with --repository, "
+                   "the model with --model)")
+    for options, smallest, wanted in ((positive, 0, "positive"), (non_negative, -1, "0 or more")):
+        for option, value in options.items():
+            if value <= smallest:
+                raise fail(f"--{option.replace('_', '-')} must be {wanted}, not {value:g}")
 
 
 @app.command("bench")
@@ -42,6 +53,10 @@ def bench(
 ) -> None:
     """Side by side in one run: in-process ONNX Runtime and sklearn, then the embedded Triton over HTTP
     and gRPC, batching on and off, small and large requests; writes a Markdown table and a PNG plot."""
+    check_inputs(repository, model, positive={"concurrency": min(concurrency or [1]),
+                                              "large_concurrency": min(large_concurrency or [1]),
+                                              "duration_s": duration_s, "inprocess_s": inprocess_s},
+                 non_negative={"large_rows": large_rows, "warmup_s": warmup_s})
     options = bench_module.BenchOptions(
         repository=repository, model=model, out=out, concurrencies=tuple(concurrency or (1, 4, 16, 64)),
         large_rows=large_rows, large_concurrencies=tuple(large_concurrency or (1, 2)), duration_s=duration_s,
@@ -81,15 +96,22 @@ def tune(
     """Sweep max queue delay × instance count (× preferred batch size) on the embedded server, restarting it
     per configuration, and pick the highest throughput whose p99 stays within --p99-budget-ms."""
     if protocol not in ("http", "grpc"):
-        typer.echo("error: --protocol must be http or grpc", err=True)
-        raise typer.Exit(1)
+        raise fail(f"--protocol must be http or grpc, not {protocol!r}")
+    check_inputs(repository, model, positive={
+        "concurrency": concurrency, "p99_budget_ms": p99_budget_ms, "instances": min(instances or [1]),
+        "preferred_batch_size": min(preferred_batch_size or [1]), "rows_per_request": rows_per_request,
+        "duration_s": duration_s, "budget_s": budget_s},
+        non_negative={"queue_delay_us": min(queue_delay_us or [0]), "warmup_s": warmup_s})
     options = tune_module.TuneOptions(
         repository=repository, model=model, concurrency=concurrency, p99_budget_ms=p99_budget_ms,
         queue_delays_us=tuple(queue_delay_us or (0, 100, 500, 2000)), instances=tuple(instances or (1, 2, 4)),
         preferred=((),) + tuple((size,) for size in preferred_batch_size or ()), protocol=protocol,
         rows_per_request=rows_per_request, duration_s=duration_s, warmup_s=warmup_s, budget_s=budget_s)
     typer.echo(f"tuning {model} at concurrency {concurrency} over {protocol}, p99 budget {p99_budget_ms:g} ms")
-    results, skipped = tune_module.sweep(options, log=typer.echo)
+    try:
+        results, skipped = tune_module.sweep(options, log=typer.echo)
+    except FAILURES as exc:
+        raise fail(str(exc)) from None
     chosen = tune_module.best(results, p99_budget_ms)
     table = Table(title=f"rf-triton tune: concurrency {concurrency}, {rows_per_request} row(s)/request, {protocol}")
     for column in ("delay µs", "inst", "pref", "infer/sec", "p50 ms", "p99 ms", "batch", "errors", "fits"):

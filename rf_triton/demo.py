@@ -18,10 +18,14 @@ from rich.console import Console
 from rich.table import Table
 
 from .client.client import RandomForestClient
+from .errors import fail
 from .export import sources
+from .export.errors import ExportError
 from .export.parity import relative_errors
 from .export.pipeline import DEFAULT_MODEL_NAME, DEFAULT_TOLERANCE, export_model
-from .serve.server import EmbeddedTriton
+from .serve.runtime_repository import RepositoryError
+from .serve.server import EmbeddedTriton, ServerStartError
+from .serve.triton_binary import TritonNotAvailable
 
 app = typer.Typer()
 console = Console()
@@ -40,6 +44,8 @@ def demo(
         repository = workdir / "model_repository"
     try:
         ok = _run(repository, rows)
+    except (TritonNotAvailable, ServerStartError, RepositoryError, ExportError, OSError) as exc:
+        raise fail(str(exc)) from None
     finally:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -56,9 +62,9 @@ def _run(repository: Path, shown: int) -> bool:
                   f"(training included); parity max rel error {result.parity.max_rel_error:.2e}")
 
     server = EmbeddedTriton.on_free_ports(repository)
-    with console.status("starting tritonserver"):
-        server.start()
     try:
+        with console.status("starting tritonserver"):
+            server.start()
         console.print(f"[bold]2. serve[/] tritonserver ready in {server.ready_after_s:.2f} s "
                       f"(HTTP {server.endpoints.http}, gRPC {server.endpoints.grpc})")
         X = trained.X_val

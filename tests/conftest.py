@@ -1,4 +1,8 @@
-"""Shared fixtures: the demo model, an exported repository, and one embedded Triton per session."""
+"""Shared fixtures: the demo model, an exported repository, and one embedded Triton per session.
+
+The marker `integration` means "starts tritonserver": a test that uses a server fixture without it
+fails at setup, so `pytest -m "not integration"` never needs the binary.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +20,9 @@ import pytest
 
 from rf_triton.export import sources
 from rf_triton.export.pipeline import export_model
-from rf_triton.export.triton_config import ServingOptions
 from rf_triton.serve.server import EmbeddedTriton, ServerStartError, free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
-
 
 
 @pytest.fixture(scope="session")
@@ -30,9 +32,9 @@ def demo_model() -> sources.TrainedModel:
 
 @pytest.fixture(scope="session")
 def demo_repository(tmp_path_factory, demo_model) -> Path:
-    """The demo model with a 1 ms batching window, so that batching shows even on a loaded host."""
+    """The demo model as `rf-triton export` writes it by default: the session server serves what users get."""
     repository = tmp_path_factory.mktemp("served") / "model_repository"
-    export_model(demo_model, repository, options=ServingOptions(max_queue_delay_us=1000))
+    export_model(demo_model, repository)
     return repository
 
 
@@ -134,6 +136,15 @@ def serve(tmp_path):
     for process in started:
         process.kill()
 
+
+SERVER_FIXTURES = {"triton", "server_factory", "serve"}
+
+
+def pytest_runtest_setup(item):
+    used = SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+    if used and item.get_closest_marker("integration") is None:
+        pytest.fail(f"{item.nodeid} starts tritonserver (fixture {', '.join(sorted(used))}): mark it "
+                    "@pytest.mark.integration", pytrace=False)
 
 
 @pytest.hookimpl(hookwrapper=True)

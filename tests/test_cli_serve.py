@@ -15,7 +15,6 @@ import pytest
 
 from rf_triton.serve.server import free_port
 
-pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "rf_triton"]
 
@@ -25,6 +24,7 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 def test_serve_predict_and_stop_cleanly(stop_signal, serve, demo_model, tmp_path):
     server = serve()
@@ -54,6 +54,7 @@ def test_serve_predict_and_stop_cleanly(stop_signal, serve, demo_model, tmp_path
     assert "stopping tritonserver" in server.tail()
 
 
+@pytest.mark.integration
 def test_serve_fails_clearly_when_a_model_cannot_load(serve, tmp_path):
     repository = tmp_path / "broken"
     shutil.copytree(ROOT / "model_repository", repository)
@@ -65,7 +66,7 @@ def test_serve_fails_clearly_when_a_model_cannot_load(serve, tmp_path):
     assert "Traceback" not in output
 
 
-def test_serve_refuses_a_busy_port(serve):
+def test_serve_refuses_a_busy_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
@@ -84,6 +85,7 @@ def test_serve_refuses_a_missing_repository(tmp_path):
     assert "model repository not found" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("args, message", [
     (["--values", "1,2,3"], "3 features per row, the model takes 5"),
     (["--values", "1,2,x,4,5"], "not a comma-separated list of numbers"),
@@ -105,3 +107,25 @@ def test_predict_unreachable_server_fails_fast():
                      timeout=60)
     assert result.returncode == 1 and "not ready" in result.stderr
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("args, message", [
+    (["demo", "--repository", "{file}"], "repository path {file} exists and is not a folder"),
+    (["bench", "--concurrency", "0", "--out", "{tmp}"], "--concurrency must be positive, not 0"),
+    (["bench", "--warmup-s", "-1", "--out", "{tmp}"], "--warmup-s must be 0 or more, not -1"),
+    (["bench", "--repository", "{tmp}/nowhere", "--out", "{tmp}"], "model 'random_forest' not found in {tmp}/nowhere"),
+    (["tune", "--queue-delay-us", "-1"], "--queue-delay-us must be 0 or more, not -1"),
+    (["tune", "--protocol", "udp"], "--protocol must be http or grpc, not 'udp'"),
+], ids=["demo-repository-is-a-file", "bench-concurrency-0", "bench-negative-warmup", "bench-missing-repository",
+        "tune-negative-delay", "tune-protocol"])
+def test_commands_refuse_bad_input_in_one_error_line(args, message, tmp_path):
+    """Refused before anything runs: one `error:` line, exit 1, nothing written, no traceback."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    out = tmp_path / "out"
+    fill = {"file": str(a_file), "tmp": str(out)}
+    result = run_cli(*[arg.format(**fill) for arg in args], timeout=300)
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {message.format(**fill)}"), result.stderr
+    assert not out.exists()

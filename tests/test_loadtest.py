@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from rf_triton.loadtest.payload import PayloadError, csv_feature_table, random_rows, sample_csv_rows
@@ -152,3 +153,34 @@ def test_locust_web_ui_runs_both_users(triton, tmp_path):
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+@pytest.mark.integration
+def test_ctrl_c_of_rf_triton_loadtest_stops_locust(triton):
+    """Locust runs in a session of its own, out of the terminal's reach: Ctrl-C must stop it all the same."""
+    e = triton.endpoints
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rf_triton", "loadtest", "--url", f"http://{e.http}", "--metrics-url", e.metrics,
+         "--protocol", "http", "--users", "1", "--spawn-rate", "1", "--run-time", "120s"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        locust = []
+        while not locust:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "Locust did not start"
+            locust = [c for c in psutil.Process(process.pid).children() if "locust" in " ".join(c.cmdline())]
+            time.sleep(0.1)
+        group = [locust[0], *locust[0].children(recursive=True)]
+        time.sleep(2)  # users running
+        process.send_signal(signal.SIGINT)  # what the terminal sends to its foreground group: rf-triton only
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 130, stderr
+        assert stderr.strip().splitlines()[-1] == "error: interrupted: Locust stopped", stderr
+        assert "Traceback" not in stderr
+        left = [p for p in group if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert not left, f"Locust left running: {left}"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

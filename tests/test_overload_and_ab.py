@@ -19,7 +19,6 @@ from rf_triton.export import sources
 from rf_triton.export.pipeline import export_model
 from rf_triton.export.triton_config import ServingOptions, read_config
 
-pytestmark = pytest.mark.integration
 MODEL = "random_forest"
 
 
@@ -62,6 +61,7 @@ def test_default_export_leaves_the_queue_unbounded(tmp_path):
     assert not read_config(tmp_path / MODEL / "config.pbtxt").dynamic_batching.HasField("default_queue_policy")
 
 
+@pytest.mark.integration
 def test_burst_beyond_capacity_is_refused_fast_and_the_server_recovers(tmp_path, demo_model, server_factory, capsys):
     """A bounded queue refuses the excess of a burst with Triton's clear error; the next requests all
     pass. The same burst into an unbounded queue is measured beside it for the report (latencies are
@@ -100,6 +100,7 @@ def test_burst_beyond_capacity_is_refused_fast_and_the_server_recovers(tmp_path,
                   f"mean {queue_ms:.2f} ms), {refused} refused{refusal}")
 
 
+@pytest.mark.integration
 def test_queue_timeout_maps_to_server_busy_and_is_retried(tmp_path, demo_model, server_factory):
     repository = tmp_path / "timeout"
     # The batcher holds a lone request up to 200 ms hoping for company; the queue allows 1 ms.
@@ -132,6 +133,7 @@ def ab_server(tmp_path_factory, demo_model):
         server.stop()
 
 
+@pytest.mark.integration
 def test_versions_and_models_side_by_side(ab_server):
     server, models = ab_server
     ready = sorted((e["name"], e["version"]) for e in server.model_index() if e.get("state") == "READY")
@@ -143,6 +145,7 @@ def test_versions_and_models_side_by_side(ab_server):
             np.testing.assert_allclose(client.predict(rows), trained.estimator.predict(rows), rtol=1e-4)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("weights", [{"random_forest:1": 0.8, "random_forest:2": 0.2},
                                      {"random_forest:2": 0.5, "random_forest_b": 0.5}])
 def test_ab_router_split_matches_the_weights(weights, ab_server):
@@ -177,6 +180,7 @@ def test_parse_weights():
         parse_weights("random_forest:1")
 
 
+@pytest.mark.integration
 def test_locust_ab_split_reports_each_variant(ab_server):
     """`rf-triton loadtest --ab`: Locust sends each request to a variant drawn by weight."""
     from rf_triton.loadtest.runner import LoadTestOptions, run_loadtest
