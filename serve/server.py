@@ -397,6 +397,7 @@ class EmbeddedTriton:
                         if self.workdir is not None:
                             shutil.rmtree(self.workdir, ignore_errors=True)
                             self.workdir = None
+                        log.info("stopped; work folder and shared memory removed")
             return self.exit_code
 
     def _remove_leftover_shm(self, pgid: int) -> None:

@@ -75,14 +75,14 @@ def server_factory():
 class ServeProcess:
     """`rf-triton serve` in its own session, with its output in a file for failure reports."""
 
-    def __init__(self, repository: Path, log: Path) -> None:
+    def __init__(self, repository: Path, log: Path, *extra_args: str) -> None:
         self.ports = dict(zip(("http", "grpc", "metrics"), free_ports(3)))
         self.log = log
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "rf_triton", "serve", "--repository", str(repository),
                  "--http-port", str(self.ports["http"]), "--grpc-port", str(self.ports["grpc"]),
-                 "--metrics-port", str(self.ports["metrics"])],
+                 "--metrics-port", str(self.ports["metrics"]), *extra_args],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
     def tail(self, lines: int = 30) -> str:
@@ -127,8 +127,8 @@ def serve(tmp_path):
     """Start `rf-triton serve` processes; each is killed (process group) at teardown if still running."""
     started = []
 
-    def start(repository: Path = ROOT / "model_repository") -> ServeProcess:
-        process = ServeProcess(repository, tmp_path / f"serve-{len(started)}.log")
+    def start(repository: Path = ROOT / "model_repository", *extra_args: str) -> ServeProcess:
+        process = ServeProcess(repository, tmp_path / f"serve-{len(started)}.log", *extra_args)
         started.append(process)
         return process
 

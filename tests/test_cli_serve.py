@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import socket
@@ -52,6 +53,40 @@ def test_serve_predict_and_stop_cleanly(stop_signal, serve, demo_model, tmp_path
     leftovers = server.left_behind(children)
     assert not leftovers, f"processes left behind: {leftovers}"
     assert "stopping tritonserver" in server.tail()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_repeated_stop_signals_stop_once_and_leave_nothing(stop_signal, serve, demo_repository, tmp_path):
+    """A second Ctrl-C or SIGTERM while the server stops must not cut the cleanup short; -v shows the watcher."""
+    repository = tmp_path / "model_repository"
+    shutil.copytree(demo_repository, repository)
+    server = serve(repository, "-v")
+    server.wait_ready()
+    workdir = Path(re.search(r"log\s+(\S+)/tritonserver\.log", server.tail()).group(1))
+    assert workdir.is_dir()
+    shutil.copytree(repository / "random_forest" / "1", repository / "random_forest" / "2")
+    deadline = time.monotonic() + 30
+    while "changed: mirrored random_forest [1, 2]" not in server.tail(100):
+        assert time.monotonic() < deadline, f"the watcher's mirroring is not in the -v log:\n{server.tail()}"
+        time.sleep(0.2)
+    children = server.descendants()
+    shm = {Path(m.path) for c in children for m in c.memory_maps() if m.path.startswith("/dev/shm/")}
+    assert shm, "the Python-backend stubs map their regions in /dev/shm"
+
+    signals = 0
+    deadline = time.monotonic() + 60
+    while "stopped; work folder and shared memory removed" not in server.tail():  # signals through the whole stop
+        assert time.monotonic() < deadline and server.proc.poll() is None, server.tail()
+        server.proc.send_signal(stop_signal)
+        signals += 1
+        time.sleep(0.05)
+    assert signals > 1
+    assert server.proc.wait(timeout=30) == 0, server.tail()
+    assert "Traceback" not in server.tail(200) and "stopping tritonserver" in server.tail()
+    assert not workdir.exists(), "the work folder was left behind"
+    assert not [path for path in shm if path.exists()], "shared memory left behind"
+    assert not server.left_behind(children)
 
 
 @pytest.mark.integration

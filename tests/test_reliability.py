@@ -251,6 +251,32 @@ def test_a_corrupt_new_version_does_not_take_down_the_serving_one(own_repository
     assert server.is_running()
 
 
+def test_a_repository_that_cannot_be_mirrored_fails_the_next_load_with_the_reason(own_repository, server_factory,
+                                                                                  demo_model):
+    """The watcher survives a bad repository, says why, and `models load` fails instead of reloading a stale copy."""
+    server = server_factory(own_repository, watch_interval_s=0.2)
+    config = own_repository / MODEL / "config.pbtxt"
+    good = config.read_bytes()
+    config.write_bytes(b"\xff\xfe" + good)  # not UTF-8: what a bad copy or an editor's encoding leaves
+    wait_until(lambda: server.sync_error is not None, what="the watcher to report the broken config")
+    assert "config.pbtxt" in server.sync_error
+
+    runner = CliRunner()
+    refused = runner.invoke(app, ["models", "load", MODEL, "--url", server.endpoints.http])
+    assert refused.exit_code == 1, refused.output
+    assert "cannot be served" in refused.stderr and "config.pbtxt" in refused.stderr, refused.stderr
+    rows = demo_model.X_val[:10]
+    with RandomForestClient(server.endpoints.http) as client:  # the loaded version keeps serving
+        np.testing.assert_allclose(client.predict(rows), demo_model.estimator.predict(rows), rtol=1e-4)
+
+    config.write_bytes(good)
+    wait_until(lambda: server.sync_error is None, what="the watcher to mirror the repaired repository")
+    loaded = runner.invoke(app, ["models", "load", MODEL, "--url", server.endpoints.http])
+    assert loaded.exit_code == 0 and "serving version(s) 1" in loaded.stdout, loaded.output
+    with RandomForestClient(server.endpoints.http) as client:
+        np.testing.assert_allclose(client.predict(rows), demo_model.estimator.predict(rows), rtol=1e-4)
+
+
 def test_control_api_needs_the_key_and_inference_does_not(own_repository, server_factory, demo_model, monkeypatch):
     server = server_factory(own_repository, control_key="s3cret")
     json_body = {"Content-Type": "application/json"}
