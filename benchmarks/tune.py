@@ -19,7 +19,7 @@ import numpy as np
 
 from ..export.triton_config import CONFIG_FILENAME, ServingOptions
 from ..prometheus import ServerBreakdown, try_scrape
-from ..export.errors import first_line
+from ..errors import first_line
 from ..serve.server import EmbeddedTriton
 from . import configs, loadgen
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from ..backends import served_by
 from ..signature import BYTES, FEATURE_NAMES_PARAMETER, FP32, INT64, Signature
 from .errors import ExportError
 
@@ -28,7 +29,6 @@ KINDS = {
 }
 WARMUP_ROWS = 64
 DATA_TYPES = {FP32: mc.TYPE_FP32, INT64: mc.TYPE_INT64, BYTES: mc.TYPE_STRING}
-PLATFORM_BACKENDS = {"onnxruntime_onnx": "onnxruntime"}  # the older `platform:` spelling
 
 
 @dataclass(frozen=True)
@@ -149,9 +149,9 @@ def build_config(name: str, graph: Signature, options: ServingOptions,
     defaults = backend.defaults
     config = mc.ModelConfig()
     if existing is not None:
-        served_by = existing.backend or PLATFORM_BACKENDS.get(existing.platform, existing.platform)
-        if served_by != backend.name:
-            raise ExportError(f"model {name} is served by the {served_by} backend, its versions cannot switch "
+        current = served_by(existing)
+        if current != backend.name:
+            raise ExportError(f"model {name} is served by the {current} backend, its versions cannot switch "
                               f"to {backend.name}: export under another --name or --repository")
         check_same_signature(name, existing, graph)
         config.CopyFrom(existing)

@@ -6,6 +6,7 @@ between them and a running server, instead of meeting the problems one by one at
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import shutil
 import subprocess
@@ -21,13 +22,15 @@ from rich.table import Table
 from rich.text import Text
 from tritonclient.grpc import model_config_pb2 as mc
 
-from ..errors import fail
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+from ..backends import embeddable, served_by
+from ..errors import fail, first_line
 from ..export import fil, onnx_convert
-from ..export.errors import ExportError, first_line
-from ..signature import Tensor
-from ..export.triton_config import DATA_TYPES
+from ..export.errors import ExportError
 from ..export.repository import versions
-from ..export.triton_config import CONFIG_FILENAME, FIL_FILENAME, ONNX_FILENAME, PLATFORM_BACKENDS, read_config
+from ..export.triton_config import CONFIG_FILENAME, DATA_TYPES, FIL_FILENAME, ONNX_FILENAME, read_config
+from ..signature import Tensor
 from . import runtime_repository, triton_binary
 from .runtime_repository import RepositoryError
 from .server import EmbeddedTriton, ServerStartError, port_in_use
@@ -54,6 +57,34 @@ class Check:
 
 
 # -- the machine ------------------------------------------------------------------------------------
+
+
+def supported_pythons() -> str:
+    """The installed rf-triton's Requires-Python: the versions every dependency installs from wheels for."""
+    try:
+        return importlib.metadata.metadata("rf-triton")["Requires-Python"] or ""
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def check_python(version: tuple[int, int] = sys.version_info[:2], supported: str | None = None) -> Check:
+    """A Python outside the range pip would refuse, or that some wheel lacks (3.13: numpy<2, onnxruntime 1.19.2)."""
+    supported = supported_pythons() if supported is None else supported
+    shown = ".".join(map(str, version))
+    try:
+        specifier = SpecifierSet(supported)
+    except InvalidSpecifier:
+        specifier = SpecifierSet()
+    if not supported:
+        return Check("python", WARN, f"Python {shown}; rf-triton's supported range is unknown (not installed?)",
+                     "pip install -e .")
+    if not specifier.contains(f"{shown}.0"):
+        return Check("python", FAIL, f"Python {shown} is outside rf-triton's supported range {supported}: some "
+                                     "dependencies have no wheels for it (nvidia-pytriton needs numpy<2; "
+                                     "onnxruntime is pinned to 1.19.2)",
+                     "create the virtualenv with Python 3.11 or 3.12: python3.12 -m venv .venv && "
+                     ".venv/bin/pip install -e .")
+    return Check("python", OK, f"Python {shown} ({sys.executable}), within {supported}")
 
 
 def check_platform() -> Check:
@@ -147,10 +178,6 @@ def check_shm(path: Path = Path("/dev/shm")) -> Check:
 
 
 # -- the repository ---------------------------------------------------------------------------------
-
-
-def served_by(config: mc.ModelConfig) -> str:
-    return config.backend or PLATFORM_BACKENDS.get(config.platform, config.platform)
 
 
 def check_config(model_dir: Path, repository: Path) -> tuple[Check, mc.ModelConfig | None]:
@@ -280,8 +307,8 @@ def check_load(repository: Path, configs: dict[str, mc.ModelConfig], ready_timeo
     rows = [Check(f"{name}: load", WARN, f"backend {served_by(config)} is not in the embedded server (Python "
                                          "backend only); not loaded here",
                   "serve it with the stock container (FIL: docker compose --profile gpu up -d triton-gpu)")
-            for name, config in configs.items() if not runtime_repository.embeddable(config)]
-    loadable = [name for name, config in configs.items() if runtime_repository.embeddable(config)]
+            for name, config in configs.items() if not embeddable(config)]
+    loadable = [name for name, config in configs.items() if embeddable(config)]
     if not loadable:
         return rows
     server = EmbeddedTriton.on_free_ports(repository, watch_interval_s=None, extra_args=("--log-info=false",))  # errors stay in the tail
@@ -319,7 +346,7 @@ def _error_for(message: str, model: str, limit: int = 400) -> str:
 
 def run_checks(repository: Path, host: str, ports: dict[str, int], load: bool, ready_timeout_s: float) -> list[Check]:
     server_row, install = check_server_binary()
-    rows = [check_platform(), server_row, check_stub(install), check_ports(host, ports), check_shm()]
+    rows = [check_python(), check_platform(), server_row, check_stub(install), check_ports(host, ports), check_shm()]
     model_rows, healthy = check_models(repository)
     rows += model_rows
     if load:

@@ -16,13 +16,12 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
+from ..backends import PYTHON, is_onnx, served_by
 from ..export.errors import ExportError
 from ..export.repository import versions
 from ..export.triton_config import CONFIG_FILENAME, ONNX_FILENAME, read_config, write_config
 
 MODEL_SOURCE = Path(__file__).with_name("python_backend_model.py")
-ONNX_BACKENDS = {"onnxruntime"}
-ONNX_PLATFORMS = {"onnxruntime_onnx"}
 
 
 class RepositoryError(RuntimeError):
@@ -53,7 +52,7 @@ def derive(canonical: Path, runtime: Path) -> RuntimeRepository:
         available = versions(model_dir)
         if not available:
             raise RepositoryError(f"model {model_dir.name} has no version folder (e.g. {model_dir}/1)")
-        if config.backend == "python":
+        if served_by(config) == PYTHON:
             shutil.copytree(model_dir, runtime / model_dir.name, symlinks=True)
         elif is_onnx(config):
             _translate_onnx_model(model_dir, config, available, runtime / model_dir.name, result.warnings)
@@ -71,15 +70,6 @@ def derive(canonical: Path, runtime: Path) -> RuntimeRepository:
 def model_dirs(canonical: Path) -> list[Path]:
     """The model folders of a repository (hidden ones are staging folders of an export in progress)."""
     return sorted(p for p in canonical.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def is_onnx(config: mc.ModelConfig) -> bool:
-    return config.backend in ONNX_BACKENDS or config.platform in ONNX_PLATFORMS
-
-
-def embeddable(config: mc.ModelConfig) -> bool:
-    """Whether the embedded server (Python backend only) can serve this model; others are skipped."""
-    return config.backend == "python" or is_onnx(config)
 
 
 def python_backend_config(config: mc.ModelConfig, warnings: list[str]) -> mc.ModelConfig:

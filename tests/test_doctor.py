@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 import socket
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -11,11 +13,12 @@ from typer.testing import CliRunner
 
 from rf_triton.cli import app
 from rf_triton.export.triton_config import read_config, write_config
+from rf_triton.serve.doctor import FAIL, OK, check_python
 from rf_triton.serve.server import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "random_forest"
-ENVIRONMENT_ROWS = ["platform", "tritonserver", "python stub", "ports", "/dev/shm"]
+ENVIRONMENT_ROWS = ["python", "platform", "tritonserver", "python stub", "ports", "/dev/shm"]
 MODEL_ROWS = [f"{MODEL}: config", f"{MODEL}: versions", f"{MODEL}: graph"]
 
 
@@ -48,6 +51,21 @@ def test_healthy_repository_passes_every_check(repository):
     assert {name: row["status"] for name, row in rows.items()} == {name: "OK" for name in rows}, result.output
     assert "X FP32 [5] -> variable FP32 [1]" in rows[f"{MODEL}: graph"]["detail"]
     assert "all checks passed" in result.output
+
+
+@pytest.mark.parametrize("version, status", [((3, 10), FAIL), ((3, 11), OK), ((3, 12), OK), ((3, 13), FAIL)])
+def test_python_check_follows_the_declared_range(version, status):
+    """3.13 has no wheels for numpy<2 (nvidia-pytriton) or onnxruntime 1.19.2: pip must refuse it, doctor too."""
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    row = check_python(version, declared)
+    assert row.status == status, row
+    if status == FAIL:
+        assert "Python 3.11 or 3.12" in row.fix and f"Python {version[0]}.{version[1]} is outside" in row.detail
+
+
+def test_python_row_on_this_interpreter():
+    row = check_python()
+    assert row.status == OK and f"Python {sys.version_info.major}.{sys.version_info.minor}" in row.detail, row
 
 
 def _remove_config(repository: Path) -> None:
