@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..signature import BYTES, CLASSIFICATION, FP32, INT64, LABELS_FILENAME, Signature, Tensor
-from . import parity
+from . import forest_onnx, parity
 from .errors import ExportError, first_line
 from .parity import ParityReport, Prediction
 
@@ -37,6 +37,7 @@ def convert(trained) -> bytes:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 
+    forest_onnx.register()
     if trained.columnar:
         initial_types = [(name, StringTensorType([None, 1]) if name in trained.string_columns
                           else FloatTensorType([None, 1])) for name in trained.feature_names]
@@ -49,14 +50,17 @@ def convert(trained) -> bytes:
     except Exception as exc:  # skl2onnx raises RuntimeError/NotImplementedError/... for unsupported steps
         raise ExportError(f"skl2onnx cannot convert {_steps(trained.estimator)}: "
                           f"{type(exc).__name__}: {first_line(exc)}") from exc
-    _route_missing_values(model.graph, trained.forest)
+    if not forest_onnx.fill(model.graph, trained.forest):  # skl2onnx's own converter wrote the trees
+        _route_missing_values(model.graph, trained.forest)
     _declare_outputs(model.graph, trained)
     model.doc_string = f"{type(trained.forest).__name__} exported by rf-triton"
     model.graph.name = type(trained.forest).__name__  # skl2onnx draws a random name: keep exports reproducible
     if model.ir_version > MAX_IR_VERSION:
         model.ir_version = MAX_IR_VERSION
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    onnx_bytes = model.SerializeToString()
+    del model
+    onnx.checker.check_model(onnx_bytes)
+    return onnx_bytes
 
 
 def _steps(estimator) -> str:
