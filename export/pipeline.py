@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 
@@ -81,6 +81,11 @@ def export_model(trained: sources.TrainedModel, repository_path: Path, *, name: 
         raise ExportError(f"parity check failed: {what}; nothing written")
 
     metadata = _metadata(trained, parity, graph, model_format, fmt)
+    if (existing is None and fmt.backend.ort_threads and options.intra_op_threads is None
+            and metadata["n_nodes"] >= triton_config.LARGE_FOREST_NODES):
+        options = replace(options, intra_op_threads=0)
+        if console:
+            console.print(f"{metadata['n_nodes']:,} nodes: ONNX Runtime gets every core (--intra-op-threads 0)")
     parameters = {**graph.config_parameters(), **fmt.converter.config_parameters(graph),
                   **_tool_parameters(metadata)}
     config = triton_config.build_config(name, graph, options, parameters, existing, fmt.backend)

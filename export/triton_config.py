@@ -59,6 +59,11 @@ DEFAULTS = ServingOptions(
     version_policy="latest:1", intra_op_threads=1, inter_op_threads=1, max_queue_size=0,
     queue_timeout_us=0, allow_timeout_override=False, priority_levels=0,
 )
+# A forest this large costs more per row than the Python backend's per-request work, so ONNX Runtime
+# gets every core (intra_op_thread_count 0) by default: bulk rows/s of the full-size forest in
+# benchmarks/results/fullsize.md. Small forests keep one thread: their cost is per request, and
+# the batcher and the HTTP frontend want the other cores.
+LARGE_FOREST_NODES = 1_000_000
 BOUNDED_QUEUE_WARNING = (
     "a bounded queue with a queue delay > 0 stalls Triton 2.51's dynamic batcher for up to ~0.5 s "
     "(measured: p90 318 ms vs 0.6 ms); use --max-queue-delay-us 0 with --max-queue-size, and check with rf-triton bench")

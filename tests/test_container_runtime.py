@@ -54,3 +54,39 @@ def test_a_graph_the_container_cannot_load_is_refused_in_one_line():
     message = str(refused.value)
     assert message.startswith(f"ONNX Runtime {onnx_convert.CONTAINER_ORT} cannot load this graph")
     assert "\n" not in message
+
+
+def forests(X) -> dict:
+    from sklearn.ensemble import ExtraTreesRegressor, RandomForestClassifier, RandomForestRegressor
+
+    return {
+        "regressor": RandomForestRegressor(8, random_state=0).fit(X, X[:, 0]),
+        "two outputs": ExtraTreesRegressor(8, random_state=0).fit(X, np.c_[X[:, 0], X[:, 1]]),
+        "binary": RandomForestClassifier(8, random_state=0).fit(X, (X[:, 0] > 0).astype(int)),
+        "four classes": RandomForestClassifier(8, random_state=0).fit(X, np.digitize(X[:, 0], [-1, 0, 1])),
+    }
+
+
+@pytest.mark.parametrize("kind", ["regressor", "two outputs", "binary", "four classes"])
+def test_size_estimate_tracks_the_written_file(kind):
+    """The 2 GB refusal rests on this estimate: it stays within 20% of the real file, on the large side."""
+    from rf_triton.export import sources
+
+    X = np.random.default_rng(0).normal(size=(4000, 6)).astype(np.float32)
+    forest = forests(X)[kind]
+    written = len(onnx_convert.convert(sources.TrainedModel(forest, list("abcdef"), X, "test")))
+    assert 0.95 * written <= onnx_convert.estimated_size(forest) <= 1.2 * written
+
+
+def test_a_forest_past_two_gigabytes_is_refused_before_converting(monkeypatch):
+    """Without writing 2 GB: the same forest, against a limit just below its estimated size."""
+    from sklearn.ensemble import RandomForestRegressor
+
+    from rf_triton.export import forest_onnx, sources
+
+    X = np.random.default_rng(0).normal(size=(500, 3)).astype(np.float32)
+    forest = RandomForestRegressor(4, random_state=0).fit(X, X[:, 0])
+    monkeypatch.setattr(onnx_convert, "PROTOBUF_LIMIT", onnx_convert.estimated_size(forest) - 1)
+    monkeypatch.setattr(forest_onnx, "register", lambda: pytest.fail("conversion started"))
+    with pytest.raises(ExportError, match="past protobuf's 2 GB limit.*--format fil"):
+        onnx_convert.convert(sources.TrainedModel(forest, ["a", "b", "c"], X, "test"))

@@ -144,3 +144,20 @@ def test_classifier_config_marks_probabilities_with_labels():
     assert probabilities.label_filename == "labels.txt" and list(probabilities.dims) == [3]
     assert config.parameters["task"].string_value == "classification"
     assert config.parameters["classes"].string_value == '["a", "b", "c"]'
+
+
+def test_a_large_forest_gets_every_core_by_default(tmp_path, monkeypatch):
+    """Past LARGE_FOREST_NODES the default intra-op thread count is 0 (all cores); a given value wins."""
+    from rf_triton.export import sources, triton_config
+    from rf_triton.export.pipeline import export_model
+
+    trained = sources.train_demo()
+    nodes = sum(e.tree_.node_count for e in trained.forest.estimators_)
+    monkeypatch.setattr(triton_config, "LARGE_FOREST_NODES", nodes)
+    config = read_config(export_model(trained, tmp_path / "a").config_path)
+    assert config.parameters["intra_op_thread_count"].string_value == "0"
+    config = read_config(export_model(trained, tmp_path / "b", options=ServingOptions(intra_op_threads=1)).config_path)
+    assert config.parameters["intra_op_thread_count"].string_value == "1"
+    monkeypatch.setattr(triton_config, "LARGE_FOREST_NODES", nodes + 1)
+    config = read_config(export_model(trained, tmp_path / "c").config_path)
+    assert config.parameters["intra_op_thread_count"].string_value == "1"
