@@ -84,6 +84,9 @@ def tune(
         help="Max queue delays (µs) to try; repeat for several (default: 0 100 500 2000).")] = None,
     instances: Annotated[Optional[list[int]], typer.Option(
         help="Instance counts to try; repeat for several (default: 1 2 4).")] = None,
+    intra_op_threads: Annotated[Optional[list[int]], typer.Option(
+        help="ONNX Runtime intra-op threads per instance to try, 0 = all cores; repeat for several "
+             "(default: keep the config's).")] = None,
     preferred_batch_size: Annotated[Optional[list[int]], typer.Option(
         help="Also try each candidate with this single preferred batch size; repeat for several.")] = None,
     protocol: Annotated[str, typer.Option(help="http (wrk when installed) or grpc (grpc.aio).")] = "http",
@@ -93,19 +96,22 @@ def tune(
     budget_s: Annotated[float, typer.Option(help="Stop starting new configurations after this many seconds.")] = 300.0,
     apply: Annotated[bool, typer.Option(help="Write the best configuration into the canonical config.pbtxt.")] = False,
 ) -> None:
-    """Sweep max queue delay × instance count (× preferred batch size) on the embedded server, restarting it
-    per configuration, and pick the highest throughput whose p99 stays within --p99-budget-ms."""
+    """Sweep max queue delay × instance count (× intra-op threads × preferred batch size) on the embedded
+    server, restarting it per configuration, and pick the highest throughput whose p99 stays within
+    --p99-budget-ms."""
     if protocol not in ("http", "grpc"):
         raise fail(f"--protocol must be http or grpc, not {protocol!r}")
     check_inputs(repository, model, positive={
         "concurrency": concurrency, "p99_budget_ms": p99_budget_ms, "instances": min(instances or [1]),
         "preferred_batch_size": min(preferred_batch_size or [1]), "rows_per_request": rows_per_request,
         "duration_s": duration_s, "budget_s": budget_s},
-        non_negative={"queue_delay_us": min(queue_delay_us or [0]), "warmup_s": warmup_s})
+        non_negative={"queue_delay_us": min(queue_delay_us or [0]), "warmup_s": warmup_s,
+                      "intra_op_threads": min(intra_op_threads or [0])})
     options = tune_module.TuneOptions(
         repository=repository, model=model, concurrency=concurrency, p99_budget_ms=p99_budget_ms,
         queue_delays_us=tuple(queue_delay_us or (0, 100, 500, 2000)), instances=tuple(instances or (1, 2, 4)),
-        preferred=((),) + tuple((size,) for size in preferred_batch_size or ()), protocol=protocol,
+        preferred=((),) + tuple((size,) for size in preferred_batch_size or ()),
+        intra_op_threads=tuple(dict.fromkeys(intra_op_threads)) if intra_op_threads else (None,), protocol=protocol,
         rows_per_request=rows_per_request, duration_s=duration_s, warmup_s=warmup_s, budget_s=budget_s)
     typer.echo(f"tuning {model} at concurrency {concurrency} over {protocol}, p99 budget {p99_budget_ms:g} ms")
     try:
@@ -114,14 +120,15 @@ def tune(
         raise fail(str(exc)) from None
     chosen = tune_module.best(results, p99_budget_ms)
     table = Table(title=f"rf-triton tune: concurrency {concurrency}, {rows_per_request} row(s)/request, {protocol}")
-    for column in ("delay µs", "inst", "pref", "infer/sec", "p50 ms", "p99 ms", "batch", "errors", "fits"):
+    for column in ("delay µs", "inst", "threads", "pref", "infer/sec", "p50 ms", "p99 ms", "batch", "errors", "fits"):
         table.add_column(column, justify="right")
     for r in results:
         c = r.candidate
         figures = ([r.error, "", "", "", ""] if r.error else
                    [f"{r.throughput:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.avg_batch:.1f}", str(r.errors)])
         mark = "best" if r is chosen else ("yes" if r.within(p99_budget_ms) else "no")
-        table.add_row(str(c.max_queue_delay_us), str(c.instances), str(list(c.preferred_batch_sizes) or "-"), *figures, mark)
+        threads = "config" if c.intra_op_threads is None else str(c.intra_op_threads or "all")
+        table.add_row(str(c.max_queue_delay_us), str(c.instances), threads, str(list(c.preferred_batch_sizes) or "-"), *figures, mark)
     console.print(table)
     if skipped:
         console.print(f"[yellow]{skipped} configuration(s) skipped: --budget-s {budget_s:g} reached[/]")

@@ -1,9 +1,13 @@
 """`rf-triton tune`: sweep the batching configuration on this machine and pick the best within a p99 budget.
 
 Like Triton's model_analyzer, narrowed to this model: each candidate (max queue delay × instance
-count × preferred batch sizes) is written into a copy of the repository through export's protobuf
+count × ONNX Runtime intra-op threads × preferred batch sizes) is written into a copy of the repository through export's protobuf
 path, served by a fresh embedded server, loaded at one concurrency, and measured. The best is the
 highest throughput whose p99 stays within the budget and that failed no request.
+
+Threads and instances are swept together because the best split of the cores depends on the
+forest: a small forest is served fastest by single-threaded instances, a full-size one (millions
+of nodes, milliseconds per row batch) by ONNX Runtime threads inside one instance.
 """
 
 from __future__ import annotations
@@ -29,14 +33,18 @@ class Candidate:
     max_queue_delay_us: int
     instances: int
     preferred_batch_sizes: tuple[int, ...] = ()
+    intra_op_threads: int | None = None  # None: keep the config's; 0: all cores
 
     def options(self) -> ServingOptions:
         return ServingOptions(max_queue_delay_us=self.max_queue_delay_us, instances=self.instances,
-                              preferred_batch_sizes=self.preferred_batch_sizes)
+                              preferred_batch_sizes=self.preferred_batch_sizes,
+                              intra_op_threads=self.intra_op_threads)
 
     def label(self) -> str:
+        threads = ("" if self.intra_op_threads is None else
+                   f", {self.intra_op_threads or 'all'} thread{'' if self.intra_op_threads == 1 else 's'}")
         preferred = f", preferred {list(self.preferred_batch_sizes)}" if self.preferred_batch_sizes else ""
-        return f"delay {self.max_queue_delay_us} µs, {self.instances} inst{preferred}"
+        return f"delay {self.max_queue_delay_us} µs, {self.instances} inst{threads}{preferred}"
 
 
 @dataclass
@@ -63,6 +71,7 @@ class TuneOptions:
     queue_delays_us: tuple[int, ...]
     instances: tuple[int, ...]
     preferred: tuple[tuple[int, ...], ...] = ((),)
+    intra_op_threads: tuple[int | None, ...] = (None,)  # None: keep the config's thread count
     protocol: str = "http"
     rows_per_request: int = 1
     duration_s: float = 3.0
@@ -71,8 +80,9 @@ class TuneOptions:
 
 
 def candidates(options: TuneOptions) -> list[Candidate]:
-    return [Candidate(delay, count, preferred) for delay, count, preferred
-            in itertools.product(options.queue_delays_us, options.instances, options.preferred)]
+    return [Candidate(delay, count, preferred, threads) for delay, count, threads, preferred
+            in itertools.product(options.queue_delays_us, options.instances, options.intra_op_threads,
+                                 options.preferred)]
 
 
 def sweep(options: TuneOptions, log=print) -> tuple[list[TuneResult], int]:
@@ -88,7 +98,7 @@ def sweep(options: TuneOptions, log=print) -> tuple[list[TuneResult], int]:
             return results, len(todo) - position
         result = measure_candidate(options, candidate)
         results.append(result)
-        log(f"  {candidate.label():40} " + (f"error: {result.error}" if result.error else
+        log(f"  {candidate.label():48} " + (f"error: {result.error}" if result.error else
             f"{result.throughput:9,.0f} req/s  p99 {result.p99_ms:6.2f} ms  batch {result.avg_batch:5.1f}"))
     return results, 0
 
@@ -134,6 +144,6 @@ def best(results: list[TuneResult], p99_budget_ms: float) -> TuneResult | None:
 
 
 def apply(repository: Path, model: str, candidate: Candidate) -> Path:
-    """Write the chosen batching into the canonical config.pbtxt (read_config → build_config → write_config)."""
+    """Write the chosen batching (and threads, when swept) into the canonical config.pbtxt (read_config → build_config → write_config)."""
     configs.rewrite_config(repository / model, candidate.options())
     return repository / model / CONFIG_FILENAME

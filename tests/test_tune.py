@@ -9,7 +9,7 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 from typer.testing import CliRunner
 
-from rf_triton.benchmarks.tune import Candidate, TuneOptions, TuneResult, best, sweep
+from rf_triton.benchmarks.tune import Candidate, TuneOptions, TuneResult, best, candidates, sweep
 from rf_triton.cli import app
 from rf_triton.export.triton_config import read_config
 
@@ -26,6 +26,43 @@ def test_best_is_the_fastest_within_the_p99_budget_without_failures():
     assert best(results, 10.0).candidate == Candidate(500, 2)
     assert best(results, 12.0).candidate == Candidate(100, 2)
     assert best(results, 1.0) is None
+
+
+def test_intra_op_threads_are_a_dimension_of_the_sweep(tmp_path):
+    options = TuneOptions(tmp_path, "random_forest", concurrency=4, p99_budget_ms=10, queue_delays_us=(0,),
+                          instances=(1, 2), intra_op_threads=(1, 0))
+    swept = candidates(options)
+    assert [(c.instances, c.intra_op_threads) for c in swept] == [(1, 1), (1, 0), (2, 1), (2, 0)]
+    assert swept[1].options().intra_op_threads == 0 and "all threads" in swept[1].label()
+    assert "1 thread" in swept[0].label()
+    # Not swept: the candidate leaves the config's thread count alone.
+    kept = candidates(TuneOptions(tmp_path, "random_forest", 4, 10, (0,), (1,)))
+    assert kept[0].options().intra_op_threads is None and "thread" not in kept[0].label()
+
+
+def test_negative_intra_op_threads_are_refused_before_any_server_starts(tmp_path):
+    (tmp_path / "random_forest").mkdir()  # only its presence is checked before the option values
+    outcome = runner.invoke(app, ["tune", "--repository", str(tmp_path), "--intra-op-threads", "-1"])
+    assert outcome.exit_code == 1
+    assert "--intra-op-threads must be 0 or more" in outcome.output
+
+
+@pytest.mark.integration
+def test_sweep_over_threads_applies_the_chosen_thread_count(demo_repository, tmp_path):
+    repository = tmp_path / "model_repository"
+    shutil.copytree(demo_repository, repository)
+    config_path = repository / "random_forest" / "config.pbtxt"
+    outcome = runner.invoke(app, [
+        "tune", "--repository", str(repository), "--concurrency", "2", "--p99-budget-ms", "1000",
+        "--queue-delay-us", "0", "--instances", "1", "--intra-op-threads", "2", "--intra-op-threads", "0",
+        "--duration-s", "1", "--warmup-s", "0", "--budget-s", "120", "--apply",
+    ])
+    assert outcome.exit_code == 0, outcome.output
+    after = read_config(config_path)
+    chosen = after.parameters["intra_op_thread_count"].string_value
+    assert chosen in ("2", "0")
+    assert f"best: delay 0 µs, 1 inst, {'all threads' if chosen == '0' else '2 threads'}" in outcome.output
+    assert after.parameters["inter_op_thread_count"].string_value == "1"  # not swept, kept
 
 
 @pytest.mark.integration
