@@ -101,3 +101,39 @@ def test_grpc_client_fails_for_an_unknown_model(triton):
     result = run(sys.executable, str(EXAMPLES / "grpc_client.py"), "--url", triton.endpoints.grpc,
                  "--model", "no_such_model", expect=1)
     assert "error:" in result.stderr, result.stderr
+
+
+@pytest.fixture(scope="module")
+def customers(tmp_path_factory):
+    """The classifier curl_columns.sh talks to, exported from examples/customers.csv and served."""
+    import pandas as pd
+
+    from rf_triton.export import sources
+    from rf_triton.export.pipeline import export_model
+    from rf_triton.serve.server import EmbeddedTriton
+
+    trained = sources.train_from_csv(EXAMPLES / "customers.csv", "segment", n_estimators=20, max_depth=8)
+    repository = tmp_path_factory.mktemp("customers") / "model_repository"
+    export_model(trained, repository, name="customers")
+    server = EmbeddedTriton.on_free_ports(repository, watch_interval_s=None)
+    server.start()
+    rows = pd.DataFrame({"city": ["paris", "brest"], "size": [120.5, 40.0], "age": [35.0, np.nan]})
+    try:
+        yield server, trained.estimator, rows
+    finally:
+        server.stop()
+
+
+def test_curl_columns_labels_and_top_classes(customers):
+    server, estimator, rows = customers
+    result = run("bash", str(EXAMPLES / "curl_columns.sh"), server.endpoints.http)
+    (labels,) = [line.split(":", 1)[1].split() for line in result.stdout.splitlines() if line.startswith("labels:")]
+    assert labels == list(estimator.predict(rows))
+    probabilities = estimator.predict_proba(rows)
+    top = result.stdout.split("top 2 per row (score:index:label):")[1].split()
+    expected = []
+    for row in probabilities:
+        for index in np.argsort(-row)[:2]:
+            expected.append((int(index), estimator.classes_[index], row[index]))
+    assert [(int(t.split(":")[1]), t.split(":")[2]) for t in top] == [(i, c) for i, c, _ in expected]
+    np.testing.assert_allclose([float(t.split(":")[0]) for t in top], [p for _, _, p in expected], atol=1e-5)

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# A DataFrame model over HTTP with curl: one input per column (strings as BYTES, numbers as FP32),
+# the predicted labels, and Triton's classification extension (top classes as "score:index:label").
+#
+# The model: a classifier trained on examples/customers.csv, with its string column encoded inside it:
+#   rf-triton export --data examples/customers.csv --target segment --name customers
+# Usage: examples/curl_columns.sh [HOST:PORT]
+#   address: the argument, else $RF_TRITON_URL, else 127.0.0.1:8000; model: $RF_TRITON_MODEL (customers)
+set -euo pipefail
+
+URL="${1:-${RF_TRITON_URL:-127.0.0.1:8000}}"
+URL="${URL#http://}"
+MODEL="${RF_TRITON_MODEL:-customers}"
+BASE="http://${URL}/v2/models/${MODEL}"
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+# request OUTFILE URL [curl options...]: the body goes to OUTFILE; a refusal ends the script with Triton's message.
+request() {
+    local out="$1" url="$2" status
+    shift 2
+    if ! status="$(curl --silent --show-error --max-time 30 --output "$out" --write-out '%{http_code}' "$@" "$url")"; then
+        echo "error: no answer from $url" >&2
+        exit 1
+    fi
+    if [[ "$status" != 2* ]]; then
+        echo "error: $url answered HTTP $status: $(head -c 500 "$out")" >&2
+        exit 1
+    fi
+}
+
+# Two customers, one column per input, shape [rows, 1]. NaN is a missing value: the model routes it as
+# sklearn does (JSON has no NaN literal, Triton's parser accepts it).
+cat > "$work/request.json" <<'JSON'
+{"inputs": [
+   {"name": "city", "shape": [2, 1], "datatype": "BYTES", "data": ["paris", "brest"]},
+   {"name": "size", "shape": [2, 1], "datatype": "FP32", "data": [120.5, 40.0]},
+   {"name": "age", "shape": [2, 1], "datatype": "FP32", "data": [35.0, NaN]}],
+ "outputs": [{"name": "label"}, {"name": "probabilities", "parameters": {"classification": 2}}]}
+JSON
+request "$work/response.json" "$BASE/infer" -H 'Content-Type: application/json' --data-binary "@$work/request.json"
+echo "response: $(cat "$work/response.json")"
+# "data" of each output, in the order asked for: the labels, then the top-2 classes of each row.
+data="$(grep -o '"data":\[[^]]*\]' "$work/response.json" | sed 's/"data":\[//; s/\]//; s/"//g; s/,/ /g')"
+echo "labels: $(sed -n 1p <<< "$data")"
+echo "top 2 per row (score:index:label): $(sed -n 2p <<< "$data")"
