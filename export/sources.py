@@ -210,6 +210,9 @@ def _check_servable(forest) -> None:
     if int(getattr(forest, "n_outputs_", 1)) > 1:
         raise ExportError(f"a {type(forest).__name__} with {forest.n_outputs_} outputs is not supported: "
                           "export one classifier per target")
+    if len(forest.classes_) < 2:
+        raise ExportError(f"the {type(forest).__name__} was fitted on a single class ({forest.classes_[0]!r}): "
+                          "it predicts nothing; train it on at least two")
     kind = np.asarray(forest.classes_).dtype.kind
     if kind not in "iuOU" or (kind == "O" and not all(isinstance(c, str) for c in forest.classes_)):
         raise ExportError(f"class labels of type {np.asarray(forest.classes_).dtype} are not supported: "
@@ -256,6 +259,10 @@ def string_columns(estimator, feature_names: list[str]) -> tuple[str, ...]:
         categories = getattr(encoder, "categories_", None)
         if categories is None or not any(np.asarray(c).dtype.kind in "OU" for c in categories):
             continue
+        if getattr(encoder, "handle_unknown", None) == "infrequent_if_exist":
+            raise ExportError(f"{type(encoder).__name__}(handle_unknown='infrequent_if_exist') on "
+                              f"{', '.join(_column_names(columns, feature_names))}: skl2onnx cannot convert "
+                              "infrequent categories; refit with handle_unknown='ignore'")
         for column in _column_names(columns, feature_names):
             if column not in found:
                 found.append(column)

@@ -13,8 +13,9 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 from sklearn.ensemble import GradientBoostingRegressor, RandomForestClassifier, RandomForestRegressor
+from sklearn.compose import ColumnTransformer
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from typer.testing import CliRunner
 
 from rf_triton.cli import app
@@ -137,6 +138,13 @@ def _bad_inputs(tmp_path: Path, csv_file: Path, small_data) -> dict[str, tuple[l
     joblib.dump(RandomForestClassifier(n_estimators=3).fit(X, y > 0), classifier)  # bool labels
     boosted = tmp_path / "boosted.joblib"
     joblib.dump(GradientBoostingRegressor(n_estimators=3).fit(X, y), boosted)
+    single_class = tmp_path / "single_class.joblib"
+    joblib.dump(RandomForestClassifier(n_estimators=3).fit(X, np.zeros(len(X), dtype=int)), single_class)
+    infrequent = tmp_path / "infrequent.joblib"
+    frame = pd.DataFrame({"city": np.resize(["a", "b", "c"], len(X)), "size": X[:, 0]})
+    encode = ColumnTransformer([("city", OneHotEncoder(handle_unknown="infrequent_if_exist"), ["city"])],
+                               remainder="passthrough")
+    joblib.dump(make_pipeline(encode, RandomForestRegressor(n_estimators=3)).fit(frame, y), infrequent)
     two_targets = tmp_path / "two_targets.joblib"
     joblib.dump(RandomForestClassifier(n_estimators=3).fit(X, np.c_[y > 0, y > 1].astype(int)), two_targets)
     unfitted = tmp_path / "unfitted.joblib"
@@ -159,6 +167,8 @@ def _bad_inputs(tmp_path: Path, csv_file: Path, small_data) -> dict[str, tuple[l
         "bool labels": (["--model", str(classifier)], "class labels of type bool are not supported"),
         "not a forest": (["--model", str(boosted)], "holds a GradientBoostingRegressor, expected a RandomForest"),
         "two-target classifier": (["--model", str(two_targets)], "with 2 outputs is not supported"),
+        "single class": (["--model", str(single_class)], "fitted on a single class"),
+        "infrequent categories": (["--model", str(infrequent)], "skl2onnx cannot convert infrequent categories"),
         "unfitted": (["--model", str(unfitted)], "not fitted"),
         "not a model": (["--model", str(not_a_model)], "holds a dict"),
         "missing csv": (["--data", str(tmp_path / "nope.csv"), "--target", "price"], "data file not found"),
@@ -182,7 +192,8 @@ def _bad_inputs(tmp_path: Path, csv_file: Path, small_data) -> dict[str, tuple[l
     }
 
 
-BAD_CASES = ["missing model", "corrupt model", "bool labels", "not a forest", "two-target classifier", "unfitted",
+BAD_CASES = ["missing model", "corrupt model", "bool labels", "not a forest", "two-target classifier", "single class",
+             "infrequent categories", "unfitted",
              "not a model", "missing csv", "no target column", "missing string", "inf in data", "one class",
              "bad task", "task without data", "unreadable csv", "tolerance breach",
              "zero tolerance", "both sources", "data without target", "target without data", "bad kind",
