@@ -124,7 +124,7 @@ def test_serve_refuses_a_missing_repository(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--values", "1,2,3"], "3 features per row, the model takes 5"),
     (["--values", "1,2,x,4,5"], "not a comma-separated list of numbers"),
-    (["--values", "nan,0,0,0,0"], "NaN or infinite"),
+    (["--values", "inf,0,0,0,0"], "infinite values"),
     ([], "exactly one of --input"),
     (["--input", "/nonexistent.csv"], "input file not found"),
     (["--values", "1,2,3,4,5", "--model", "missing_model", "--timeout-s", "1"], "'missing_model' not ready"),
