@@ -129,6 +129,10 @@ class TritonUser(User):
                                 timeout_s=self.network_timeout_s, init_timeout_s=self.model_ready_timeout_s) as model:
             n_features, feature_names, max_batch_size = model.n_features, model.feature_names, model.max_batch_size
             self.input_name, self.output_name = model.input_name, model.output_name
+            if model.signature.columnar:
+                raise SetupError(f"model {self.model!r} takes one input per column ("
+                                 f"{', '.join(t.name for t in model.signature.inputs)}); these users send one FP32 "
+                                 "feature matrix: score a file with `rf-triton predict --input FILE --output FILE`")
         if self.rows_per_request > max_batch_size:
             raise SetupError(f"--rows-per-request {self.rows_per_request} exceeds model {self.model!r}'s "
                              f"max_batch_size {max_batch_size}; Triton would refuse every request")
