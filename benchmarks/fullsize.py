@@ -10,6 +10,7 @@ not the small demo. In one run, for the same 2000-row calls:
 - in-process ONNX Runtime on the exported model.onnx with 1 and 2 intra-op threads, and sklearn's
   own predict with n_jobs 1 and 2: what the served figure is judged against;
 - the exported model served by the embedded Triton, `RandomForestClient.predict` over HTTP and gRPC;
+  these six go round in turn (`--rounds`), so that other work on a shared machine spreads over all;
 - the server's own ceiling: 1-row requests at concurrency 64 (loadgen: wrk when installed) against
   a Python-backend model that does no work, alternated with the demo forest under the same load on
   the same server. Served ÷ ceiling is the share of the server's limit the model reaches.
@@ -129,49 +130,60 @@ def point(label: str, kind: str, calls: int, seconds: float, p50_ms: float, p99_
             "rows_per_call": rows, "rows_per_s": calls * rows / seconds, **extra}
 
 
-def measure_inprocess(forest, onnx_path: Path, input_name: str, rows: np.ndarray, duration_s: float,
-                      log) -> tuple[list[dict], np.ndarray]:
-    """ORT on 1 and 2 threads, sklearn with n_jobs 1 and 2; also sklearn's predictions for the served check."""
-    results = []
-    for threads in (1, 2):
-        session = inprocess.ort_session(onnx_path, threads)
-        calls, seconds, p50, p99 = inprocess.timed_calls(lambda: session.run(None, {input_name: rows}), duration_s)
-        results.append(point(f"ONNX Runtime in-process, {threads} intra-op thread{'s' if threads > 1 else ''}",
-                             "onnxruntime", calls, seconds, p50, p99, len(rows), threads=threads))
-        log(results[-1])
-        del session
-        gc.collect()
-    for jobs in (1, 2):
-        forest.set_params(n_jobs=jobs)
-        calls, seconds, p50, p99 = inprocess.timed_calls(lambda: forest.predict(rows), duration_s)
-        results.append(point(f"sklearn predict, n_jobs={jobs}", "sklearn", calls, seconds, p50, p99, len(rows),
-                             threads=jobs))
-        log(results[-1])
-    forest.set_params(n_jobs=None)
-    return results, forest.predict(rows)
-
-
-def measure_served(repository: Path, rows: np.ndarray, expected: np.ndarray, duration_s: float, log) -> list[dict]:
-    """The exported forest on the embedded server: RandomForestClient.predict over HTTP, then gRPC."""
+def measure_bulk(forest, repository: Path, onnx_path: Path, input_name: str, rows: np.ndarray, duration_s: float,
+                 rounds: int, log) -> list[dict]:
+    """Rounds of: ONNX Runtime on 1 and 2 threads, sklearn with n_jobs 1 and 2, the served model over HTTP
+    and gRPC. The server stays up (idle outside its own points) so every round has every configuration,
+    and a burst of other work on the machine lands on one round of each, not on one configuration."""
     from ..client import RandomForestClient
     from ..export.parity import relative_errors
     from ..serve.server import EmbeddedTriton
 
-    results = []
+    forest.set_params(n_jobs=None)
+    expected = forest.predict(rows)
+    sessions = {threads: inprocess.ort_session(onnx_path, threads) for threads in (1, 2)}
+    results: list[dict] = []
+
+    def measure(label: str, kind: str, call, round_number: int, **extra) -> None:
+        calls, seconds, p50, p99 = inprocess.timed_calls(call, duration_s)
+        results.append(point(label, kind, calls, seconds, p50, p99, len(rows), round=round_number, **extra))
+        log(results[-1])
+
     # A 6 M-node forest takes a while to load into ONNX Runtime: a longer deadline than the demo's.
-    with EmbeddedTriton.on_free_ports(repository, watch_interval_s=None).start(ready_timeout_s=600) as server:
-        logger.info("server ready after %.1f s", server.ready_after_s or 0)
-        for protocol, url in (("http", server.endpoints.http), ("grpc", server.endpoints.grpc)):
-            with RandomForestClient(url, protocol=protocol, model=FULLSIZE_MODEL, timeout_s=120) as client:
-                predictions = client.predict(rows)
-                calls, seconds, p50, p99 = inprocess.timed_calls(lambda: client.predict(rows), duration_s)
-                requests = -(-len(rows) // client.max_batch_size)
-            difference = float(np.max(relative_errors(expected, predictions)))
-            results.append(point(f"served, RandomForestClient.predict over {'HTTP' if protocol == 'http' else 'gRPC'}", "served",
-                                 calls, seconds, p50, p99, len(rows), protocol=protocol,
-                                 requests_per_call=requests, max_rel_diff_vs_sklearn=difference))
-            log(results[-1])
+    with EmbeddedTriton.on_free_ports(repository, watch_interval_s=None).start(ready_timeout_s=600) as server, \
+            RandomForestClient(server.endpoints.http, model=FULLSIZE_MODEL, timeout_s=120) as http, \
+            RandomForestClient(server.endpoints.grpc, protocol="grpc", model=FULLSIZE_MODEL, timeout_s=120) as grpc:
+        clients = {"HTTP": http, "gRPC": grpc}
+        differences = {name: float(np.max(relative_errors(expected, client.predict(rows))))
+                       for name, client in clients.items()}
+        for round_number in range(1, rounds + 1):
+            for threads, session in sessions.items():
+                measure(f"ONNX Runtime in-process, {threads} intra-op thread{'s' if threads > 1 else ''}",
+                        "onnxruntime", lambda: session.run(None, {input_name: rows}), round_number, threads=threads)
+            for jobs in (1, 2):
+                forest.set_params(n_jobs=jobs)
+                measure(f"sklearn predict, n_jobs={jobs}", "sklearn", lambda: forest.predict(rows), round_number,
+                        threads=jobs)
+            forest.set_params(n_jobs=None)
+            for name, client in clients.items():
+                measure(f"served, RandomForestClient.predict over {name}", "served", lambda: client.predict(rows),
+                        round_number, protocol=name, requests_per_call=-(-len(rows) // client.max_batch_size),
+                        max_rel_diff_vs_sklearn=differences[name])
     return results
+
+
+def by_configuration(points: list[dict]) -> list[dict]:
+    """One line per configuration over its rounds: mean rows/s, its range, median p50, worst p99."""
+    lines: dict[str, dict] = {}
+    for p in points:
+        lines.setdefault(p["label"], {"label": p["label"], "kind": p["kind"], "threads": p.get("threads"),
+                                      "rounds": []})["rounds"].append(p)
+    for line in lines.values():
+        rates = [p["rows_per_s"] for p in line["rounds"]]
+        line.update(rows_per_s=float(np.mean(rates)), min_rows_per_s=min(rates), max_rows_per_s=max(rates),
+                    p50_ms=float(np.median([p["p50_ms"] for p in line["rounds"]])),
+                    p99_ms=max(p["p99_ms"] for p in line["rounds"]))
+    return list(lines.values())
 
 
 def ceiling_repository(demo_repository: Path, target: Path) -> None:
@@ -264,11 +276,11 @@ def run(model_path: Optional[Path], rows: int, duration_s: float, ceiling_durati
         forest = joblib.load(model_path)
         report["forest"]["parameters"] = non_default_parameters(forest)
         probes = probe_rows(forest, rows)
-        points, expected = measure_inprocess(forest, onnx_path, report["serving"]["input"], probes, duration_s, log)
+        report["rounds"] = rounds
+        report["points"] = measure_bulk(forest, repository, onnx_path, report["serving"]["input"], probes,
+                                        duration_s, rounds, log)
         del forest
         gc.collect()
-        points += measure_served(repository, probes, expected, duration_s, log)
-        report["points"] = points
         report["ceiling"] = measure_ceiling(repository_root / "model_repository", work, concurrency,
                                             ceiling_duration_s, rounds, log)
     finally:
@@ -294,7 +306,9 @@ def _mb(value: float) -> str:
 
 def markdown(report: dict) -> str:
     forest, export, serving, ceiling = report["forest"], report["export"], report["serving"], report["ceiling"]
-    sklearn_1 = next(p for p in report["points"] if p["kind"] == "sklearn" and p["threads"] == 1)["rows_per_s"]
+    lines_by_configuration = by_configuration(report["points"])
+    sklearn_1 = next(line for line in lines_by_configuration
+                     if line["kind"] == "sklearn" and line["threads"] == 1)["rows_per_s"]
     threads = serving["intra_op_thread_count"]
     threads_text = "all cores" if threads == "0" else f"{threads} intra-op thread{'' if threads == '1' else 's'}"
     export_itself = "" if export["reported_s"] is None else f" (export itself {export['reported_s']:.1f} s)"
@@ -319,17 +333,20 @@ def markdown(report: dict) -> str:
         f"{_mb(export['peak_rss_bytes'])} | max relative error {parity['max_rel_error']:.2g} on {parity['rows']:,} "
         f"rows ({parity['checked_with']}) |",
         "",
-        f"Calls of {report['rows_per_call']:,} rows, back to back for {report['duration_s']:g} s each. Served: the "
+        f"Calls of {report['rows_per_call']:,} rows, back to back for {report['duration_s']:g} s per configuration, "
+        f"in {report['rounds']} rounds that each go through every configuration (rows/s: mean of the rounds and "
+        "their range; p50: median; p99: worst). Served: the "
         f"export's default serving config ({serving['summary']}, ONNX Runtime {threads_text}, max_batch_size "
         f"{serving['max_batch_size']}: `RandomForestClient.predict` splits a call into requests of at most that "
         "many rows), the embedded Triton (Python backend + ONNX Runtime) on the same cores as the client.",
         "",
-        "| configuration | rows/s | p50 per call (ms) | p99 per call (ms) | ÷ sklearn n_jobs=1 |",
-        "|---|---:|---:|---:|---:|",
+        "| configuration | rows/s | range over rounds | p50 per call (ms) | p99 per call (ms) | ÷ sklearn n_jobs=1 |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for p in report["points"]:
-        lines.append(f"| {p['label']} | {p['rows_per_s']:,.0f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | "
-                     f"{p['rows_per_s'] / sklearn_1:.2f} |")
+    for line in lines_by_configuration:
+        lines.append(f"| {line['label']} | {line['rows_per_s']:,.0f} | {line['min_rows_per_s']:,.0f}–"
+                     f"{line['max_rows_per_s']:,.0f} | {line['p50_ms']:.1f} | {line['p99_ms']:.1f} | "
+                     f"{line['rows_per_s'] / sklearn_1:.2f} |")
     served = [p for p in report["points"] if p["kind"] == "served"]
     if served:
         worst = max(p["max_rel_diff_vs_sklearn"] for p in served)
@@ -360,7 +377,8 @@ def main(
     duration_s: Annotated[float, typer.Option(help="Seconds of back-to-back calls per configuration.")] = 5.0,
     ceiling_duration_s: Annotated[float, typer.Option(help="Seconds per ceiling run (wrk rounds to whole seconds).")] = 5.0,
     concurrency: Annotated[int, typer.Option(help="Requests in flight for the ceiling runs.")] = 64,
-    rounds: Annotated[int, typer.Option(help="Alternated ceiling rounds (demo forest, then no-work model).")] = 2,
+    rounds: Annotated[int, typer.Option(
+        help="Rounds through every 2000-row configuration, and alternated ceiling runs (demo forest, no-work model).")] = 2,
     out: Annotated[Path, typer.Option(help="Folder for fullsize.json and fullsize.md.")] = Path("benchmarks/results"),
 ) -> None:
     """The full-size forest: export, in-process ORT and sklearn, served; and the server's ceiling."""
