@@ -16,19 +16,8 @@ BASE="http://${URL}/v2/models/${MODEL}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-# request OUTFILE URL [curl options...]: the body goes to OUTFILE; a refusal ends the script with Triton's message.
-request() {
-    local out="$1" url="$2" status
-    shift 2
-    if ! status="$(curl --silent --show-error --max-time 30 --output "$out" --write-out '%{http_code}' "$@" "$url")"; then
-        echo "error: no answer from $url" >&2
-        exit 1
-    fi
-    if [[ "$status" != 2* ]]; then
-        echo "error: $url answered HTTP $status: $(head -c 500 "$out")" >&2
-        exit 1
-    fi
-}
+# shellcheck source=_request.sh
+source "$(dirname "$0")/_request.sh"
 
 # Two customers, one column per input, shape [rows, 1]. NaN is a missing value: the model routes it as
 # sklearn does (JSON has no NaN literal, Triton's parser accepts it).

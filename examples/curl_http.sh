@@ -23,19 +23,8 @@ ROWS_FP32='\x00\x00\x00\x3f\x00\x00\xa0\xbf\x00\x00\x80\x3e\x00\x00\xc0\x3f\x00\
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-# request OUTFILE URL [curl options...]: the body goes to OUTFILE; a refusal ends the script with Triton's message.
-request() {
-    local out="$1" url="$2" status
-    shift 2
-    if ! status="$(curl --silent --show-error --max-time 30 --output "$out" --write-out '%{http_code}' "$@" "$url")"; then
-        echo "error: no answer from $url" >&2
-        exit 1
-    fi
-    if [[ "$status" != 2* ]]; then
-        echo "error: $url answered HTTP $status: $(head -c 500 "$out")" >&2
-        exit 1
-    fi
-}
+# shellcheck source=_request.sh
+source "$(dirname "$0")/_request.sh"
 
 request "$work/ready" "http://${URL}/v2/health/ready"
 echo "server ready at http://${URL}"

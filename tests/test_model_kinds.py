@@ -92,6 +92,28 @@ def url(server, protocol: str) -> str:
     return server.endpoints.http if protocol == "http" else server.endpoints.grpc
 
 
+def refused_by_server(server, protocol: str, model: str, tensors: list[tuple[str, str, np.ndarray]]):
+    """Send tensors with plain tritonclient (no client-side checks); return the server's refusal."""
+    import tritonclient.grpc
+    import tritonclient.http
+    from tritonclient.utils import InferenceServerException
+
+    proto = tritonclient.http if protocol == "http" else tritonclient.grpc
+    raw = proto.InferenceServerClient(url(server, protocol))
+    inputs = []
+    for name, datatype, values in tensors:
+        tensor = proto.InferInput(name, list(values.shape), datatype)
+        tensor.set_data_from_numpy(values, **({"binary_data": True} if protocol == "http" else {}))
+        inputs.append(tensor)
+    try:
+        with pytest.raises(InferenceServerException) as refused:
+            raw.infer(model, inputs)
+    finally:
+        raw.close()
+    assert str(refused.value.status()) in ("400", "StatusCode.INVALID_ARGUMENT")
+    return refused.value
+
+
 def rows_with_nan(n: int = 300) -> np.ndarray:
     X, _ = numeric_data(n)
     X[RNG.random(X.shape) < 0.3] = np.nan
@@ -183,21 +205,8 @@ def test_infinity_refused_by_client_and_server(kinds, protocol):
         with pytest.raises(InputError, match="row 2, column x1"):
             client.predict(X)
     # the server refuses it too, for clients that do not check (binary tensor data: JSON has no inf)
-    if protocol == "http":
-        import tritonclient.http as proto
-    else:
-        import tritonclient.grpc as proto
-    from tritonclient.utils import InferenceServerException
-
-    raw = proto.InferenceServerClient(url(server, protocol))
-    tensor = proto.InferInput("X", list(X.shape), "FP32")
-    tensor.set_data_from_numpy(X, **({"binary_data": True} if protocol == "http" else {}))
-    try:
-        with pytest.raises(InferenceServerException, match="infinite values") as refused:
-            raw.infer("binary_nan", [tensor])
-    finally:
-        raw.close()
-    assert str(refused.value.status()) in ("400", "StatusCode.INVALID_ARGUMENT")
+    refusal = refused_by_server(server, protocol, "binary_nan", [("X", "FP32", X)])
+    assert "infinite values" in refusal.message()
 
 
 def test_metadata_records_task_classes_and_outputs(kinds):
@@ -222,26 +231,11 @@ def test_unknown_category_refused_where_sklearn_refuses_it(kinds, protocol):
         with pytest.raises(InputError, match="'atlantis' .*rows \\[1\\].*refuses unknown values"):
             client.predict(frame)
 
-    if protocol == "http":
-        import tritonclient.http as proto
-    else:
-        import tritonclient.grpc as proto
-    from tritonclient.utils import InferenceServerException
-
-    raw = proto.InferenceServerClient(url(server, protocol))
-    inputs = []
-    for name, datatype, values in (("city", "BYTES", frame["city"].to_numpy(dtype=object)),
-                                   ("size", "FP32", frame["size"].to_numpy(np.float32)),
-                                   ("age", "FP32", frame["age"].to_numpy(np.float32))):
-        tensor = proto.InferInput(name, [3, 1], datatype)
-        tensor.set_data_from_numpy(values.reshape(-1, 1))
-        inputs.append(tensor)
-    try:
-        with pytest.raises(InferenceServerException, match="atlantis") as refused:
-            raw.infer("ordinal_pipeline", inputs)
-    finally:
-        raw.close()
-    assert str(refused.value.status()) in ("400", "StatusCode.INVALID_ARGUMENT")
+    refusal = refused_by_server(server, protocol, "ordinal_pipeline", [
+        ("city", "BYTES", frame["city"].to_numpy(dtype=object).reshape(-1, 1)),
+        ("size", "FP32", frame["size"].to_numpy(np.float32).reshape(-1, 1)),
+        ("age", "FP32", frame["age"].to_numpy(np.float32).reshape(-1, 1))])
+    assert "atlantis" in refusal.message()
 
 
 def test_lean_forest_converter_writes_what_skl2onnx_writes():

@@ -31,6 +31,24 @@ def client(request, triton):
         yield c
 
 
+@pytest.fixture(scope="module")
+def counted(tmp_path_factory, demo_model):
+    """A server of this module's own, so that its cumulative statistics count only this module's
+    requests; a 1 ms batching window makes batching show even on a loaded host."""
+    from rf_triton.export.pipeline import export_model
+    from rf_triton.export.triton_config import ServingOptions
+    from rf_triton.serve.server import EmbeddedTriton
+
+    repository = tmp_path_factory.mktemp("counted") / "model_repository"
+    export_model(demo_model, repository, options=ServingOptions(max_queue_delay_us=1000))
+    server = EmbeddedTriton.on_free_ports(repository, watch_interval_s=None)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def stats(triton) -> dict:
     model_stats = triton.model_stats(MODEL)
     return {"inferences": model_stats["inference_count"], "executions": model_stats["execution_count"],
@@ -66,23 +84,25 @@ def test_dataframe_columns_matched_by_name(client, demo_model):
         client.predict(frame.drop(columns=["x2"]))
 
 
-def test_large_input_is_split_into_max_batch_size_requests(client, triton, demo_model):
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_large_input_is_split_into_max_batch_size_requests(counted, demo_model, protocol):
     rng = np.random.default_rng(3)
     X = rng.normal(size=(2500, 5)).astype(np.float32)
-    before = stats(triton)
-    predictions = client.predict(X)
-    after = stats(triton)
+    before = stats(counted)
+    with RandomForestClient(url_for(counted, protocol), protocol=protocol, model=MODEL) as client:
+        predictions = client.predict(X)
+    after = stats(counted)
     assert after["requests"] - before["requests"] == 3  # 1024 + 1024 + 452 rows
     assert after["inferences"] - before["inferences"] == 2500
     assert np.max(relative_errors(demo_model.estimator.predict(X), predictions)) <= 1e-4
 
 
-def test_concurrent_requests_are_batched_by_triton(triton, demo_model):
+def test_concurrent_requests_are_batched_by_triton(counted, demo_model):
     """Many 1-row requests in flight at once: the dynamic batcher runs fewer executions than inferences."""
     rows = demo_model.X_val[:256]
-    before = stats(triton)
+    before = stats(counted)
     done = queue.Queue()
-    client = grpcclient.InferenceServerClient(triton.endpoints.grpc)
+    client = grpcclient.InferenceServerClient(counted.endpoints.grpc)
     try:
         for i, row in enumerate(rows):
             tensor = grpcclient.InferInput("X", [1, 5], "FP32")
@@ -91,7 +111,7 @@ def test_concurrent_requests_are_batched_by_triton(triton, demo_model):
         answers = [done.get(timeout=30) for _ in rows]
     finally:
         client.close()
-    after = stats(triton)
+    after = stats(counted)
     assert [error for _, _, error in answers if error is not None] == []
     results = np.array([result.as_numpy("variable")[0, 0] for _, result, _ in sorted(answers, key=lambda a: a[0])])
     np.testing.assert_allclose(results, demo_model.estimator.predict(rows), rtol=1e-4)
@@ -116,13 +136,15 @@ BAD_INPUTS = {
 }
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_client_refuses_bad_input_before_sending(case, client, triton):
+def test_client_refuses_bad_input_before_sending(case, counted, protocol):
     X, message = BAD_INPUTS[case]
-    before = stats(triton)
-    with pytest.raises(InputError, match=message):
-        client.predict(X)
-    assert stats(triton) == before
+    before = stats(counted)
+    with RandomForestClient(url_for(counted, protocol), protocol=protocol, model=MODEL) as client:
+        with pytest.raises(InputError, match=message):
+            client.predict(X)
+    assert stats(counted) == before
 
 
 def test_unknown_model_is_reported(triton):
