@@ -75,7 +75,10 @@ def score_with_progress(factory, input: Path, output: Path, options: batch.Batch
 
 
 def _stop_on_sigterm(signum, frame) -> None:
-    raise KeyboardInterrupt  # unwinds like Ctrl-C: the partial output is removed on the way out
+    """Unwind like Ctrl-C (the partial output is removed on the way out), once: a second SIGTERM
+    must not interrupt that cleanup."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 @app.command("predict")
