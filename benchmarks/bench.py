@@ -141,7 +141,7 @@ def run_bench(options: BenchOptions, log=print) -> BenchReport:
     thread_counts = sorted({1, inprocess.all_threads()})
     limits: dict[tuple[int, int], float] = {}
     for threads in thread_counts:
-        for batch in sorted(set(options.inprocess_batches) | {options.large_rows}):
+        for batch in sorted((set(options.inprocess_batches) | {options.large_rows}) - {0}):
             result = inprocess.bench_ort(onnx_path, input_name, threads, batch, options.inprocess_s, rng, n_features)
             limits[(threads, batch)] = result.rows_per_s
             rows.append(BenchRow(f"ORT in-process, {threads} thread{'s' if threads > 1 else ''}", "in-process",
@@ -149,7 +149,7 @@ def run_bench(options: BenchOptions, log=print) -> BenchReport:
                                  result.rows_per_s))
     estimator = demo_estimator_if_same(model_dir, onnx_path, input_name)
     if estimator is not None:
-        for batch in (1, options.large_rows):
+        for batch in sorted({1, options.large_rows} - {0}):
             result = inprocess.bench_sklearn(estimator, batch, options.inprocess_s, rng, n_features)
             rows.append(BenchRow("sklearn predict, 1 thread", "in-process", "in-process", 1, batch,
                                  result.throughput, result.p50_ms, result.p99_ms, result.rows_per_s))
