@@ -275,7 +275,7 @@ def evaluate_targets(rows: list[BenchRow], large_rows: int, pairs: dict[str, str
         measured = [r for r in _find(rows, configuration=configuration, protocol="grpc", rows_per_request=large_rows)
                     if not math.isnan(r.ratio)]
         best = max(measured, key=lambda r: r.ratio) if measured else None
-        return best and (f"{best.ratio:.0%} at c{best.concurrency} ({best.rows_per_s:,.0f} rows/s vs {best.reference})",
+        return best and (f"{best.ratio:.1%} at c{best.concurrency} ({best.rows_per_s:,.0f} rows/s vs {best.reference})",
                          best.ratio >= TARGET_LARGE_RATIO)
 
     def c1(configuration):

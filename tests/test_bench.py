@@ -32,7 +32,7 @@ def test_targets_are_judged_on_the_canonical_config_and_others_are_listed():
     ]
     c64, large, c1, gain = evaluate_targets(rows, 4096)
     assert c64["met"] is False and "12,000 req/s, p99 11.00 ms" in c64["measured"]
-    assert large["met"] is False and "Triton, 2 instances: 95% at c2" in large["others"] and "(met)" in large["others"]
+    assert large["met"] is False and "Triton, 2 instances: 95.0% at c2" in large["others"] and "(met)" in large["others"]
     assert c1["met"] is False and "Triton, batching off: p50 0.300 ms (met)" in c1["others"]
     assert gain["met"] is True and gain["measured"].startswith("4.00×")
 
