@@ -1,8 +1,8 @@
-"""A lean skl2onnx converter for forest regressors, registered through skl2onnx's converter API.
+"""A lean skl2onnx converter for sklearn forests, registered through skl2onnx's converter API.
 
 skl2onnx's own converter walks every node in Python, appending to lists: for a forest with the
 defaults on real data (100 trees, millions of nodes) that takes minutes and several GB. This one
-builds the same TreeEnsembleRegressor attributes with numpy, one array per attribute per forest,
+builds the same tree-ensemble attributes with numpy, one array per attribute per forest,
 and writes each split's missing-value direction from sklearn's tree at the same time. skl2onnx
 stays the converter of everything around the forest (pipelines, encoders, scalers).
 
@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import numpy as np
 
-NODE_NAME = "forest_regressor"  # the node this converter adds; its trees are written in by fill()
+NODE_NAME = "forest"  # the node this converter adds; its trees are written in by fill()
+OPS = {False: "TreeEnsembleRegressor", True: "TreeEnsembleClassifier"}
 _registered = False
+# skl2onnx's parser reads these for a forest classifier; export sets zipmap=False and leaves the rest
+CLASSIFIER_OPTIONS = {"zipmap": [True, False, "columns"], "raw_scores": [False], "nocl": [False],
+                      "output_class_labels": [False], "decision_path": [False], "decision_leaf": [False]}
 
 
 def float32_thresholds(thresholds: np.ndarray) -> np.ndarray:
@@ -26,8 +30,17 @@ def float32_thresholds(thresholds: np.ndarray) -> np.ndarray:
     return rounded
 
 
-def regressor_attributes(forest) -> dict:
-    """TreeEnsembleRegressor attributes for a fitted sklearn forest regressor, built with numpy."""
+def tree_attributes(forest) -> dict:
+    """The per-node and per-leaf attributes of a fitted sklearn forest, built with numpy.
+
+    Regressor: target_* (one weight per leaf and output). Classifier: class_* (one weight per leaf
+    and class, the leaf's class fractions; for two classes only class 1's, which is how ONNX
+    Runtime's binary case computes both probabilities and picks the label, as skl2onnx writes it).
+    tests/test_model_kinds.py checks both against skl2onnx's own tree walk.
+    """
+    from sklearn.base import is_classifier
+
+    classifier = is_classifier(forest)
     trees = [estimator.tree_ for estimator in forest.estimators_]
     counts = np.array([t.node_count for t in trees])
     tree_ids = np.repeat(np.arange(len(trees), dtype=np.int64), counts)
@@ -40,13 +53,19 @@ def regressor_attributes(forest) -> dict:
     missing_left = np.where(split, np.concatenate([t.missing_go_to_left for t in trees]), 0).astype(np.int64)
     modes = [b"BRANCH_LEQ" if is_split else b"LEAF" for is_split in split.tolist()]  # two shared objects
 
-    n_targets = int(forest.n_outputs_)
     leaves = np.flatnonzero(~split)
-    values = np.concatenate([t.value.reshape(t.node_count, -1)[:, :n_targets] for t in trees])[leaves]
-    weights = (values / len(trees)).astype(np.float32)  # a forest averages its trees
+    width = len(forest.classes_) if classifier else int(forest.n_outputs_)
+    values = np.concatenate([t.value.reshape(t.node_count, -1)[:, :width] for t in trees])[leaves]
+    factor = np.full((len(leaves), 1), 1.0 / len(trees))  # a forest averages its trees
+    if classifier:  # class fractions per leaf, as sklearn's predict_proba averages them
+        totals = values.sum(axis=1, keepdims=True)
+        factor = factor / np.where(totals == 0, 1, totals)  # skl2onnx's order of operations, bit for bit
+    ids = np.arange(width, dtype=np.int64)
+    if classifier and width == 2:  # ONNX Runtime's binary case, as skl2onnx writes it: class 1's
+        values, ids = values[:, 1:], ids[:1]  # weight under id 0; ORT answers [1 - p, p]
+    weights = (values * factor[:, :1]).astype(np.float32)
+    prefix = "class" if classifier else "target"
     return {
-        "n_targets": n_targets,
-        "post_transform": "NONE",
         "nodes_treeids": tree_ids,
         "nodes_nodeids": node_ids,
         "nodes_featureids": features,
@@ -55,35 +74,44 @@ def regressor_attributes(forest) -> dict:
         "nodes_truenodeids": np.where(split, left, 0),
         "nodes_falsenodeids": np.where(split, right, 0),
         "nodes_missing_value_tracks_true": missing_left,
-        "target_treeids": np.repeat(tree_ids[leaves], n_targets),
-        "target_nodeids": np.repeat(node_ids[leaves], n_targets),
-        "target_ids": np.tile(np.arange(n_targets, dtype=np.int64), len(leaves)),
-        "target_weights": weights.reshape(-1),
+        f"{prefix}_treeids": np.repeat(tree_ids[leaves], len(ids)),
+        f"{prefix}_nodeids": np.repeat(node_ids[leaves], len(ids)),
+        f"{prefix}_ids": np.tile(ids, len(leaves)),
+        f"{prefix}_weights": weights.reshape(-1),
     }
 
 
-def convert_forest_regressor(scope, operator, container) -> None:
-    """skl2onnx converter: one TreeEnsembleRegressor node (ai.onnx.ml), FP32 in and out.
+def convert_forest(scope, operator, container) -> None:
+    """skl2onnx converter: one tree-ensemble node (ai.onnx.ml), FP32 in; a regressor's values, or a
+    classifier's label and probabilities (skl2onnx's own outputs: no ZipMap is asked for here).
 
-    The node is added with its scalar attributes only: skl2onnx copies nodes several times while
-    it assembles the graph, so the per-node arrays are written once, into the final graph, by fill().
+    The node is added with its small attributes only: skl2onnx copies nodes several times while it
+    assembles the graph, so the per-node arrays are written once, into the final graph, by fill().
     """
+    from sklearn.base import is_classifier
+
     forest = operator.raw_operator
-    container.add_node("TreeEnsembleRegressor", operator.input_full_names, operator.outputs[0].full_name,
-                       op_domain="ai.onnx.ml", op_version=1, name=NODE_NAME,
-                       n_targets=int(forest.n_outputs_), post_transform="NONE")
+    if not is_classifier(forest):
+        container.add_node(OPS[False], operator.input_full_names, operator.outputs[0].full_name,
+                           op_domain="ai.onnx.ml", op_version=1, name=NODE_NAME,
+                           n_targets=int(forest.n_outputs_), post_transform="NONE")
+        return
+    classes = forest.classes_
+    labels = ({"classlabels_strings": [str(c) for c in classes]} if np.asarray(classes).dtype.kind in "OU"
+              else {"classlabels_int64s": [int(c) for c in classes]})
+    container.add_node(OPS[True], operator.input_full_names,
+                       [operator.outputs[0].full_name, operator.outputs[1].full_name],
+                       op_domain="ai.onnx.ml", op_version=1, name=NODE_NAME, post_transform="NONE", **labels)
 
 
 def fill(graph, forest) -> bool:
-    """Write the forest's trees into the node convert_forest_regressor added; False if there is none."""
+    """Write the forest's trees into the node convert_forest added; False if there is none."""
     import onnx
 
-    node = next((n for n in graph.node if n.name == NODE_NAME and n.op_type == "TreeEnsembleRegressor"), None)
+    node = next((n for n in graph.node if n.name == NODE_NAME and n.op_type in OPS.values()), None)
     if node is None:
         return False
-    attributes = regressor_attributes(forest)
-    for key in ("n_targets", "post_transform"):
-        attributes.pop(key)
+    attributes = tree_attributes(forest)
     for key in list(attributes):
         values = attributes.pop(key)  # free each array as soon as it is written
         attribute = node.attribute.add()
@@ -102,15 +130,23 @@ def fill(graph, forest) -> bool:
 
 
 def register() -> None:
-    """Make skl2onnx use this converter for forest regressors, in this process (idempotent)."""
+    """Make skl2onnx use this converter for the four forests, in this process (idempotent).
+
+    Classifiers keep the options skl2onnx's parser reads (export asks for no ZipMap and nothing
+    else), so the parser still declares their label and probabilities outputs."""
     global _registered
     if _registered:
         return
     from skl2onnx import update_registered_converter
-    from skl2onnx.shape_calculators.ensemble_shapes import calculate_tree_regressor_output_shapes
-    from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
+    from skl2onnx.shape_calculators.ensemble_shapes import (
+        calculate_tree_classifier_output_shapes, calculate_tree_regressor_output_shapes,
+    )
+    from sklearn.ensemble import ExtraTreesClassifier, ExtraTreesRegressor, RandomForestClassifier, RandomForestRegressor
 
     for model in (RandomForestRegressor, ExtraTreesRegressor):
         update_registered_converter(model, f"Sklearn{model.__name__}", calculate_tree_regressor_output_shapes,
-                                    convert_forest_regressor, overwrite=True)
+                                    convert_forest, overwrite=True)
+    for model in (RandomForestClassifier, ExtraTreesClassifier):
+        update_registered_converter(model, f"Sklearn{model.__name__}", calculate_tree_classifier_output_shapes,
+                                    convert_forest, overwrite=True, options=CLASSIFIER_OPTIONS)
     _registered = True

@@ -238,29 +238,42 @@ def test_unknown_category_refused_where_sklearn_refuses_it(kinds, protocol):
     assert "atlantis" in refusal.message()
 
 
-def test_lean_forest_converter_writes_what_skl2onnx_writes():
-    """The numpy-built TreeEnsembleRegressor carries the trees exactly as skl2onnx's own tree walk
-    (add_tree_to_attribute_pairs, what its converter calls) writes them, plus sklearn's NaN routing."""
+@pytest.mark.parametrize("kind", ["two-output regressor", "binary", "multiclass"])
+def test_lean_forest_converter_writes_what_skl2onnx_writes(kind):
+    """The numpy-built tree ensemble carries the trees exactly as skl2onnx's own tree walk
+    (add_tree_to_attribute_pairs, what its converters call) writes them, plus sklearn's NaN routing."""
     import onnx
-    from skl2onnx.common.tree_ensemble import add_tree_to_attribute_pairs, get_default_tree_regressor_attribute_pairs
+    from skl2onnx.common.tree_ensemble import (
+        add_tree_to_attribute_pairs, get_default_tree_classifier_attribute_pairs,
+        get_default_tree_regressor_attribute_pairs,
+    )
 
     from rf_triton.export import onnx_convert
 
     X, X_nan = numeric_data(600, nan_fraction=0.2)
-    forest = ExtraTreesRegressor(6, max_depth=6, random_state=0).fit(X_nan, np.c_[X[:, 0], X[:, 1] * 100])
+    targets = {"two-output regressor": np.c_[X[:, 0], X[:, 1] * 100], "binary": (X[:, 0] > 0).astype(int),
+               "multiclass": np.digitize(X[:, 0], [-1, 0, 1])}
+    classifier = kind != "two-output regressor"
+    forest_type = ExtraTreesClassifier if classifier else ExtraTreesRegressor
+    forest = forest_type(6, max_depth=6, random_state=0).fit(X_nan, targets[kind])
     ours = onnx.load_from_string(onnx_convert.convert(sources.TrainedModel(forest, list("abcd"), X, "test")))
-    (node,) = [n for n in ours.graph.node if n.op_type == "TreeEnsembleRegressor"]
+    (node,) = [n for n in ours.graph.node if n.op_type.startswith("TreeEnsemble")]
     written = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
-    expected = get_default_tree_regressor_attribute_pairs()
+    expected = (get_default_tree_classifier_attribute_pairs() if classifier
+                else get_default_tree_regressor_attribute_pairs())
     for tree_id, estimator in enumerate(forest.estimators_):
-        add_tree_to_attribute_pairs(expected, False, estimator.tree_, tree_id, 1.0 / len(forest.estimators_), 0,
-                                    False, True, dtype=np.float32)
-    for key in ("nodes_values", "target_weights"):
+        add_tree_to_attribute_pairs(expected, classifier, estimator.tree_, tree_id, 1.0 / len(forest.estimators_), 0,
+                                    classifier, True, dtype=np.float32)
+    weights = "class_weights" if classifier else "target_weights"
+    for key in ("nodes_values", weights):
         expected[key] = np.asarray(expected[key], dtype=np.float32).tolist()
     expected["nodes_modes"] = [m.encode() for m in expected["nodes_modes"]]
     expected["post_transform"] = expected["post_transform"].encode()
-    expected["n_targets"] = 2
+    if classifier:
+        expected["classlabels_int64s"] = forest.classes_.tolist()
+    else:
+        expected["n_targets"] = 2
     del expected["nodes_hitrates"]  # all 1.0, the default
     expected["nodes_missing_value_tracks_true"] = [
         int(v) for e in forest.estimators_ for v in np.where(e.tree_.children_left >= 0, e.tree_.missing_go_to_left, 0)]
