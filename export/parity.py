@@ -105,10 +105,9 @@ def check_parity(estimator, predict: Callable[[object], Prediction], rows, toler
         raise ExportError(f"{label} probabilities have shape {probabilities.shape}, "
                           f"sklearn gives {expected.probabilities.shape}")
     error = np.abs(probabilities - expected.probabilities)
-    labels = actual.labels if actual.labels is not None else None
     mismatches = ties = 0
-    if labels is not None:
-        differ = np.asarray(labels).astype(str) != np.asarray(expected.labels).astype(str)
+    if actual.labels is not None:
+        differ = np.asarray(actual.labels).astype(str) != np.asarray(expected.labels).astype(str)
         tied = _top_two_gap(expected.probabilities) <= tolerance
         ties = int((differ & tied).sum())
         mismatches = int((differ & ~tied).sum())

@@ -270,6 +270,9 @@ def string_columns(estimator, feature_names: list[str]) -> tuple[str, ...]:
 
 
 def _column_names(columns, feature_names: list[str]) -> list[str]:
+    """A ColumnTransformer's column selection (names, indices, a mask or a slice) as names."""
+    if isinstance(columns, slice):
+        return feature_names[columns]
     if isinstance(columns, (str, int, np.integer)):
         columns = [columns]
     selected = np.asarray(feature_names)[columns] if not all(isinstance(c, str) for c in columns) else columns
@@ -370,8 +373,7 @@ def _probe_columns(estimator, feature_names: list[str], strings: tuple[str, ...]
     low, high = _threshold_ranges(forest, int(forest.n_features_in_))
     frame = {}
     for name, transformer, selected in columns.transformers_:
-        names = _column_names(selected, feature_names) if not (isinstance(selected, slice)) else \
-            feature_names[selected]
+        names = _column_names(selected, feature_names)
         if transformer == "drop" or not names:
             continue
         encoder = transformer.steps[-1][1] if isinstance(transformer, Pipeline) else transformer
