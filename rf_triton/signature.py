@@ -21,7 +21,6 @@ from typing import Any
 
 REGRESSION = "regression"
 CLASSIFICATION = "classification"
-TASKS = (REGRESSION, CLASSIFICATION)
 
 # config.pbtxt parameters (string values) that carry the signature beyond the tensors.
 TASK_PARAMETER = "task"
