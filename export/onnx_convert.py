@@ -4,7 +4,8 @@ ONNX Runtime that the stock container runs.
 What skl2onnx leaves out is written into the graph here, so that the model file itself carries it
 (the stock onnxruntime backend, the embedded server and any ONNX consumer then agree):
 - each split's missing-value direction (`nodes_missing_value_tracks_true`) from sklearn's
-  `tree_.missing_go_to_left` (skl2onnx writes all zeros: NaN would always go right);
+  `tree_.missing_go_to_left`, by the forest converter (forest_onnx; skl2onnx's own writes all
+  zeros: NaN would always go right);
 - the declared output shapes (a multi-output regressor is declared [N, 1] by skl2onnx);
 - a classifier's label as [N, 1], so that Triton's batched dims [1] describe it.
 """
@@ -27,7 +28,6 @@ PROBABILITIES_OUTPUT = "probabilities"
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 CONTAINER_ORT = "1.19.2"
 MAX_IR_VERSION = 10  # what ORT 1.19 reads
-TREE_OPS = {"TreeEnsembleRegressor", "TreeEnsembleClassifier"}
 PROTOBUF_LIMIT = 2 ** 31 - 1  # an ONNX file is one protobuf message: 2 GB at most
 # Bytes an exported forest takes, fitted on forests of 150 k to 6.3 M nodes (regressors with 1 and 3
 # outputs, classifiers of 2 to 8 classes): the estimate lands within 5% of the written file.
@@ -56,8 +56,8 @@ def convert(trained) -> bytes:
     except Exception as exc:  # skl2onnx raises RuntimeError/NotImplementedError/... for unsupported steps
         raise ExportError(f"skl2onnx cannot convert {_steps(trained.estimator)}: "
                           f"{type(exc).__name__}: {first_line(exc)}") from exc
-    if not forest_onnx.fill(model.graph, trained.forest):  # skl2onnx's own converter wrote the trees
-        _route_missing_values(model.graph, trained.forest)
+    if not forest_onnx.fill(model.graph, trained.forest):
+        raise ExportError(f"the graph of {_steps(trained.estimator)} has no tree ensemble to write the forest into")
     _declare_outputs(model.graph, trained)
     model.doc_string = f"{type(trained.forest).__name__} exported by rf-triton"
     model.graph.name = type(trained.forest).__name__  # skl2onnx draws a random name: keep exports reproducible
@@ -99,26 +99,6 @@ def _steps(estimator) -> str:
     if not steps:
         return f"this {type(estimator).__name__}"
     return "the Pipeline (" + " → ".join(f"{name}: {type(step).__name__}" for name, step in steps) + ")"
-
-
-def _route_missing_values(graph, forest) -> None:
-    """Write sklearn's learned NaN direction into every split of the tree-ensemble node."""
-    import onnx
-
-    nodes = [n for n in graph.node if n.op_type in TREE_OPS]
-    if len(nodes) != 1:
-        raise ExportError(f"expected one tree-ensemble node in the graph, found {len(nodes)}")
-    node = nodes[0]
-    attributes = {a.name: a for a in node.attribute}
-    trees = np.asarray(attributes["nodes_treeids"].ints)
-    node_ids = np.asarray(attributes["nodes_nodeids"].ints)
-    directions = np.zeros(len(trees), dtype=np.int64)
-    for tree_id, estimator in enumerate(forest.estimators_):
-        here = trees == tree_id
-        directions[here] = np.asarray(estimator.tree_.missing_go_to_left, dtype=np.int64)[node_ids[here]]
-    if "nodes_missing_value_tracks_true" in attributes:
-        node.attribute.remove(attributes["nodes_missing_value_tracks_true"])
-    node.attribute.append(onnx.helper.make_attribute("nodes_missing_value_tracks_true", directions.tolist()))
 
 
 def _declare_outputs(graph, trained) -> None:

@@ -72,15 +72,15 @@ def export_model(trained: sources.TrainedModel, repository_path: Path, *, name: 
         graph = fmt.converter.signature(model_bytes, trained)
     rows = parity_rows(trained)
     with _status(console, f"Verifying parity on {len(rows)} rows (sklearn vs {fmt.checked_with})"):
-        parity = fmt.converter.check_parity(trained, model_bytes, rows, tolerance)
+        report = fmt.converter.check_parity(trained, model_bytes, rows, tolerance)
     if console:
-        console.print(f"parity ({fmt.checked_with}): {parity.describe()}")
-    if not parity.passed:
-        what = (f"{parity.label_mismatches} labels differ from sklearn's" if parity.label_mismatches
-                else f"max relative error {parity.max_rel_error:.3g} exceeds tolerance {tolerance:g}")
+        console.print(f"parity ({fmt.checked_with}): {report.describe()}")
+    if not report.passed:
+        what = (f"{report.label_mismatches} labels differ from sklearn's" if report.label_mismatches
+                else f"max relative error {report.max_rel_error:.3g} exceeds tolerance {tolerance:g}")
         raise ExportError(f"parity check failed: {what}; nothing written")
 
-    metadata = _metadata(trained, parity, graph, model_format, fmt)
+    metadata = _metadata(trained, report, graph, model_format, fmt)
     if (existing is None and fmt.backend.ort_threads and options.intra_op_threads is None
             and metadata["n_nodes"] >= triton_config.LARGE_FOREST_NODES):
         options = replace(options, intra_op_threads=0)
@@ -93,7 +93,7 @@ def export_model(trained: sources.TrainedModel, repository_path: Path, *, name: 
     with _status(console, f"Writing {repository_path / name}"):
         version_dir = repository.write_version(repository_path, name, version, fmt.backend.model_filename,
                                                model_bytes, metadata, config, model_files)
-    return ExportResult(version_dir, config_path, parity, metadata, time.perf_counter() - started)
+    return ExportResult(version_dir, config_path, report, metadata, time.perf_counter() - started)
 
 
 def parity_rows(trained: sources.TrainedModel):
