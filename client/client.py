@@ -331,27 +331,22 @@ class RandomForestClient:
     def _infer(self, tensors: dict[str, np.ndarray], wanted: list[str]) -> dict[str, np.ndarray]:
         n_rows = len(next(iter(tensors.values())))
         datatypes = {t.name: t.datatype for t in self.signature.inputs}
-        if self.protocol == "http":
+        if self.protocol == "http":  # binary tensor data both ways; gRPC's is binary already
             import tritonclient.http as proto
 
-            inputs = []
-            for name, array in tensors.items():
-                tensor = proto.InferInput(name, list(array.shape), datatypes[name])
-                tensor.set_data_from_numpy(array, binary_data=True)
-                inputs.append(tensor)
-            outputs = [proto.InferRequestedOutput(name, binary_data=True) for name in wanted]
-            result = self._call_with_retry("infer", self.model, inputs, model_version=self.version, outputs=outputs)
+            binary, call = {"binary_data": True}, {}
         else:
             import tritonclient.grpc as proto
 
-            inputs = []
-            for name, array in tensors.items():
-                tensor = proto.InferInput(name, list(array.shape), datatypes[name])
-                tensor.set_data_from_numpy(array)
-                inputs.append(tensor)
-            outputs = [proto.InferRequestedOutput(name) for name in wanted]
-            result = self._call_with_retry("infer", self.model, inputs, model_version=self.version,
-                                           outputs=outputs, client_timeout=self.timeout_s)
+            binary, call = {}, {"client_timeout": self.timeout_s}
+        inputs = []
+        for name, array in tensors.items():
+            tensor = proto.InferInput(name, list(array.shape), datatypes[name])
+            tensor.set_data_from_numpy(array, **binary)
+            inputs.append(tensor)
+        outputs = [proto.InferRequestedOutput(name, **binary) for name in wanted]
+        result = self._call_with_retry("infer", self.model, inputs, model_version=self.version, outputs=outputs,
+                                       **call)
         # FIL squeezes size-1 dims ([N] for a regressor); the onnxruntime backend returns [N, 1]: one layout here
         return {name: result.as_numpy(name).reshape(n_rows, -1) for name in wanted}
 
