@@ -16,7 +16,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from ..backends import served_by
-from ..signature import BYTES, FEATURE_NAMES_PARAMETER, FP32, INT64, Signature
+from ..signature import BYTES, FEATURE_NAMES_PARAMETER, FP32, FP64, INT64, Signature
 from .errors import ExportError
 
 CONFIG_FILENAME = "config.pbtxt"
@@ -28,7 +28,7 @@ KINDS = {
     "auto": mc.ModelInstanceGroup.KIND_AUTO,
 }
 WARMUP_ROWS = 64
-DATA_TYPES = {FP32: mc.TYPE_FP32, INT64: mc.TYPE_INT64, BYTES: mc.TYPE_STRING}
+DATA_TYPES = {FP32: mc.TYPE_FP32, FP64: mc.TYPE_FP64, INT64: mc.TYPE_INT64, BYTES: mc.TYPE_STRING}
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,11 @@ Export writes it into config.pbtxt (the inputs, the outputs, and the `task` / `c
 `feature_names` parameters); the embedded server and the client read it back from there, so every
 step agrees on one description of the model whatever backend serves it.
 
-- Inputs: one FP32 matrix (`X`, dims [n_features]) for numeric models, or one input per original
-  DataFrame column (dims [1], FP32 for numbers, BYTES for strings) for pipelines that encode
-  categorical columns.
+- Inputs: one matrix (`X`, dims [n_features]) for numeric models, or one input per original
+  DataFrame column (dims [1], BYTES for strings) for pipelines fitted on a DataFrame that select
+  columns by name. Numbers are FP32 where the forest reads them as they are (a bare forest,
+  encoders, passthrough: sklearn casts them to float32 itself) and FP64 where a step computes
+  with them first (sklearn computes preprocessing in float64: float32 inputs cannot reproduce it).
 - Regression: one FP32 output, dims [n_outputs].
 - Classification: FP32 class probabilities (dims [n_classes], in `classes_` order), marked by its
   `label_filename` (labels.txt: Triton's classification extension), and, where the backend can
@@ -30,7 +32,15 @@ CATEGORIES_PARAMETER = "known_categories"
 LABELS_FILENAME = "labels.txt"
 
 # Triton's datatypes as the model metadata and the client name them, and numpy's for each.
-FP32, INT64, BYTES = "FP32", "INT64", "BYTES"
+FP32, FP64, INT64, BYTES = "FP32", "FP64", "INT64", "BYTES"
+NUMBERS = (FP32, FP64)
+
+
+def numpy_dtype(datatype: str):
+    """The numpy dtype a tensor of `datatype` is sent and read as (object for BYTES)."""
+    import numpy as np
+
+    return {FP32: np.float32, FP64: np.float64, INT64: np.int64, BYTES: np.object_}[datatype]
 
 
 @dataclass(frozen=True)
@@ -59,8 +69,10 @@ class Signature:
 
     @property
     def columnar(self) -> bool:
-        """One input per DataFrame column (a pipeline that encodes strings) instead of one feature matrix."""
-        return len(self.inputs) > 1 or any(i.datatype == BYTES for i in self.inputs)
+        """One input per DataFrame column (a pipeline that selects columns by name) instead of one matrix."""
+        return (len(self.inputs) > 1 or any(i.datatype == BYTES for i in self.inputs)
+                or (len(self.inputs) == 1 and (self.inputs[0].name,) == self.feature_names
+                    and self.inputs[0].dims == (1,)))
 
     @property
     def probabilities(self) -> Tensor | None:
@@ -145,7 +157,7 @@ class Prediction:
     labels: Any = None
 
 
-CONFIG_DATATYPES = {"TYPE_FP32": FP32, "TYPE_INT64": INT64, "TYPE_STRING": BYTES}
+CONFIG_DATATYPES = {"TYPE_FP32": FP32, "TYPE_FP64": FP64, "TYPE_INT64": INT64, "TYPE_STRING": BYTES}
 
 
 def from_config(config: dict) -> Signature:
