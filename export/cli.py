@@ -43,6 +43,9 @@ def export(
         "--format", help=f"Model file and Triton backend: {'|'.join(FORMATS)}. onnx: model.onnx for the onnxruntime "
                          "backend (CPU). fil: checkpoint.tl (treelite) for the FIL backend, which evaluates the "
                          "trees on a GPU; served by the stock container only.")] = DEFAULT_FORMAT,
+    parity_data: Annotated[Optional[Path], typer.Option(
+        help="CSV or Parquet of your own rows (the model's feature columns; others are ignored): the parity "
+             "check compares them row by row with sklearn too, besides the held-out or probe rows.")] = None,
     tolerance: Annotated[float, typer.Option(
         help="Largest relative error allowed between sklearn and the exported model "
              "(run with ONNX Runtime, or treelite's GTIL for --format fil).")] = DEFAULT_TOLERANCE,
@@ -119,7 +122,8 @@ def export(
         if trained.scores:
             console.print("scores: " + ", ".join(f"{k} {v:.4f}" for k, v in trained.scores.items()))
         result = export_model(trained, repository, name=name, version=version, options=options,
-                              tolerance=tolerance, console=console, model_format=model_format)
+                              tolerance=tolerance, console=console, model_format=model_format,
+                              parity_data=parity_data)
     except ExportError as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:

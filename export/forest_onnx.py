@@ -1,4 +1,4 @@
-"""A lean skl2onnx converter for sklearn forests, registered through skl2onnx's converter API.
+"""A lean skl2onnx converter for sklearn forests, passed to each export's own conversion.
 
 skl2onnx's own converter walks every node in Python, appending to lists: for a forest with the
 defaults on real data (100 trees, millions of nodes) that takes minutes and several GB. This one
@@ -8,6 +8,12 @@ stays the converter of everything around the forest (pipelines, encoders, scaler
 
 Thresholds follow skl2onnx's rule: sklearn compares float32 features with float64 thresholds, so
 each threshold becomes the largest float32 not above it, and float32 comparisons route like sklearn.
+A forest at the end of a float64 pipeline gets a Cast to float32 right before its trees: sklearn
+computes the preprocessing in float64 and casts its result to float32 once, so the trees see the
+very float32 values sklearn's trees see.
+
+The converter is handed to skl2onnx per call (`custom_conversion_functions`), never registered:
+skl2onnx keeps converting forests its own way for everything else in the process.
 """
 
 from __future__ import annotations
@@ -15,11 +21,8 @@ from __future__ import annotations
 import numpy as np
 
 NODE_NAME = "forest"  # the node this converter adds; its trees are written in by fill()
+CAST_NAME = "features_as_float32"  # the Cast a float64 pipeline gets right before the trees
 OPS = {False: "TreeEnsembleRegressor", True: "TreeEnsembleClassifier"}
-_registered = False
-# skl2onnx's parser reads these for a forest classifier; export sets zipmap=False and leaves the rest
-CLASSIFIER_OPTIONS = {"zipmap": [True, False, "columns"], "raw_scores": [False], "nocl": [False],
-                      "output_class_labels": [False], "decision_path": [False], "decision_leaf": [False]}
 
 
 def float32_thresholds(thresholds: np.ndarray) -> np.ndarray:
@@ -90,16 +93,24 @@ def convert_forest(scope, operator, container) -> None:
     """
     from sklearn.base import is_classifier
 
+    from onnx import TensorProto
+    from skl2onnx.common.data_types import FloatTensorType
+
     forest = operator.raw_operator
+    features = operator.inputs[0].full_name
+    if not isinstance(operator.inputs[0].type, FloatTensorType):
+        cast = scope.get_unique_variable_name(CAST_NAME)
+        container.add_node("Cast", features, cast, to=TensorProto.FLOAT, name=CAST_NAME)
+        features = cast
     if not is_classifier(forest):
-        container.add_node(OPS[False], operator.input_full_names, operator.outputs[0].full_name,
+        container.add_node(OPS[False], [features], operator.outputs[0].full_name,
                            op_domain="ai.onnx.ml", op_version=1, name=NODE_NAME,
                            n_targets=int(forest.n_outputs_), post_transform="NONE")
         return
     classes = forest.classes_
     labels = ({"classlabels_strings": [str(c) for c in classes]} if np.asarray(classes).dtype.kind in "OU"
               else {"classlabels_int64s": [int(c) for c in classes]})
-    container.add_node(OPS[True], operator.input_full_names,
+    container.add_node(OPS[True], [features],
                        [operator.outputs[0].full_name, operator.outputs[1].full_name],
                        op_domain="ai.onnx.ml", op_version=1, name=NODE_NAME, post_transform="NONE", **labels)
 
@@ -129,24 +140,32 @@ def fill(graph, forest) -> bool:
     return True
 
 
-def register() -> None:
-    """Make skl2onnx use this converter for the four forests, in this process (idempotent).
+def forest_types() -> tuple[type, ...]:
+    from sklearn.ensemble import ExtraTreesClassifier, ExtraTreesRegressor, RandomForestClassifier, RandomForestRegressor
 
-    Classifiers keep the options skl2onnx's parser reads (export asks for no ZipMap and nothing
-    else), so the parser still declares their label and probabilities outputs."""
-    global _registered
-    if _registered:
-        return
-    from skl2onnx import update_registered_converter
+    return RandomForestRegressor, ExtraTreesRegressor, RandomForestClassifier, ExtraTreesClassifier
+
+
+def output_shapes(operator) -> None:
+    """skl2onnx's shape rule for a forest, with FP32 outputs whatever the input type: the trees
+    compute in float32 (a float64 pipeline is cast right before them)."""
+    from sklearn.base import is_classifier
+    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
     from skl2onnx.shape_calculators.ensemble_shapes import (
         calculate_tree_classifier_output_shapes, calculate_tree_regressor_output_shapes,
     )
-    from sklearn.ensemble import ExtraTreesClassifier, ExtraTreesRegressor, RandomForestClassifier, RandomForestRegressor
 
-    for model in (RandomForestRegressor, ExtraTreesRegressor):
-        update_registered_converter(model, f"Sklearn{model.__name__}", calculate_tree_regressor_output_shapes,
-                                    convert_forest, overwrite=True)
-    for model in (RandomForestClassifier, ExtraTreesClassifier):
-        update_registered_converter(model, f"Sklearn{model.__name__}", calculate_tree_classifier_output_shapes,
-                                    convert_forest, overwrite=True, options=CLASSIFIER_OPTIONS)
-    _registered = True
+    if is_classifier(operator.raw_operator):
+        calculate_tree_classifier_output_shapes(operator)
+    else:
+        calculate_tree_regressor_output_shapes(operator)
+    for output in operator.outputs:
+        if isinstance(output.type, DoubleTensorType):
+            output.type = FloatTensorType(output.type.shape)
+
+
+def conversion_arguments() -> dict:
+    """The keyword arguments that make one `convert_sklearn` call use this converter."""
+    types = forest_types()
+    return {"custom_conversion_functions": {t: convert_forest for t in types},
+            "custom_shape_calculators": {t: output_shapes for t in types}}

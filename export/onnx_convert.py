@@ -8,14 +8,18 @@ What skl2onnx leaves out is written into the graph here, so that the model file 
   zeros: NaN would always go right);
 - the declared output shapes (a multi-output regressor is declared [N, 1] by skl2onnx);
 - a classifier's label as [N, 1], so that Triton's batched dims [1] describe it.
+
+Numbers enter as sklearn receives them: FP32 where the forest reads them as they are (sklearn
+casts them to float32 itself), FP64 where a step computes with them first (sklearn computes
+preprocessing in float64); the forest converter casts to float32 right before the trees.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..signature import BYTES, CLASSIFICATION, FP32, INT64, LABELS_FILENAME, Signature, Tensor
-from . import forest_onnx, parity
+from ..signature import BYTES, CLASSIFICATION, FP32, FP64, INT64, LABELS_FILENAME, Signature, Tensor, numpy_dtype
+from . import forest_onnx, parity, steps
 from .errors import ExportError, first_line
 from .parity import ParityReport, Prediction
 
@@ -23,8 +27,8 @@ INPUT_NAME = "X"
 VALUES_OUTPUT = "variable"
 LABEL_OUTPUT = "label"
 PROBABILITIES_OUTPUT = "probabilities"
-# Opsets that the stock container's ONNX Runtime (24.10 ships ORT 1.19.2) reads; TreeEnsemble
-# (ai.onnx.ml opset 5, double-precision trees) arrived in ORT 1.20, so the trees stay FP32.
+# Opsets that the stock container's ONNX Runtime (24.10 ships ORT 1.19.2) reads. The trees stay
+# FP32 (ai.onnx.ml opset 3 nodes): sklearn's trees compare float32 features.
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 CONTAINER_ORT = "1.19.2"
 MAX_IR_VERSION = 10  # what ORT 1.19 reads
@@ -33,32 +37,34 @@ PROTOBUF_LIMIT = 2 ** 31 - 1  # an ONNX file is one protobuf message: 2 GB at mo
 # outputs, classifiers of 2 to 8 classes): the estimate lands within 5% of the written file.
 BYTES_PER_NODE = 28
 BYTES_PER_LEAF_WEIGHT = 13
-ONNX_TYPES = {FP32: "tensor(float)", INT64: "tensor(int64)", BYTES: "tensor(string)"}
+ONNX_TYPES = {FP32: "tensor(float)", FP64: "tensor(double)", INT64: "tensor(int64)", BYTES: "tensor(string)"}
+UNSQUEEZE_AXES_AS_INPUT = 13  # before opset 13, Unsqueeze takes its axes as an attribute
 
 
 def convert(trained) -> bytes:
     """Convert a fitted forest (or Pipeline) to ONNX with a dynamic batch dimension."""
     import onnx
     from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, StringTensorType
 
     check_size(trained)
-    forest_onnx.register()
+    steps.check_convertible(trained.estimator)
+    number = DoubleTensorType if trained.numeric_datatype == FP64 else FloatTensorType
     if trained.columnar:
         initial_types = [(name, StringTensorType([None, 1]) if name in trained.string_columns
-                          else FloatTensorType([None, 1])) for name in trained.feature_names]
+                          else number([None, 1])) for name in trained.feature_names]
     else:
-        initial_types = [(INPUT_NAME, FloatTensorType([None, trained.n_features]))]
+        initial_types = [(INPUT_NAME, number([None, trained.n_features]))]
     options = {id(trained.forest): {"zipmap": False}} if trained.task == CLASSIFICATION else None
     try:
         model = convert_sklearn(trained.estimator, initial_types=initial_types, target_opset=TARGET_OPSET,
-                                options=options)
+                                options=options, **_converters(trained.numeric_datatype))
     except Exception as exc:  # skl2onnx raises RuntimeError/NotImplementedError/... for unsupported steps
         raise ExportError(f"skl2onnx cannot convert {_steps(trained.estimator)}: "
                           f"{type(exc).__name__}: {first_line(exc)}") from exc
     if not forest_onnx.fill(model.graph, trained.forest):
         raise ExportError(f"the graph of {_steps(trained.estimator)} has no tree ensemble to write the forest into")
-    _declare_outputs(model.graph, trained)
+    _declare_outputs(model.graph, trained, default_opset(model))
     model.doc_string = f"{type(trained.forest).__name__} exported by rf-triton"
     model.graph.name = type(trained.forest).__name__  # skl2onnx draws a random name: keep exports reproducible
     if model.ir_version > MAX_IR_VERSION:
@@ -71,6 +77,15 @@ def convert(trained) -> bytes:
     del model
     onnx.checker.check_model(onnx_bytes)
     return onnx_bytes
+
+
+def _converters(datatype: str) -> dict:
+    """This conversion's own converters: the forest's and the float64 steps' (nothing registered)."""
+    merged: dict = {}
+    for arguments in (forest_onnx.conversion_arguments(), steps.conversion_arguments(datatype)):
+        for key, functions in arguments.items():
+            merged.setdefault(key, {}).update(functions)
+    return merged
 
 
 def estimated_size(forest) -> int:
@@ -101,8 +116,9 @@ def _steps(estimator) -> str:
     return "the Pipeline (" + " → ".join(f"{name}: {type(step).__name__}" for name, step in steps) + ")"
 
 
-def _declare_outputs(graph, trained) -> None:
-    """Regression: [N, n_outputs]. Classification: label [N, 1] (an Unsqueeze), probabilities [N, n_classes]."""
+def _declare_outputs(graph, trained, opset: int) -> None:
+    """Regression: [N, n_outputs]. Classification: label [N, 1] (an Unsqueeze in the graph's own
+    opset), probabilities [N, n_classes]."""
     import onnx
     from onnx import helper
 
@@ -117,13 +133,21 @@ def _declare_outputs(graph, trained) -> None:
     flat = f"{LABEL_OUTPUT}_flat"
     for node in graph.node:
         node.output[:] = [flat if name == LABEL_OUTPUT else name for name in node.output]
-    axes = f"{LABEL_OUTPUT}_axes"
-    graph.initializer.append(helper.make_tensor(axes, onnx.TensorProto.INT64, [1], [1]))
-    graph.node.append(helper.make_node("Unsqueeze", [flat, axes], [LABEL_OUTPUT], name="label_as_column"))
+    if opset < UNSQUEEZE_AXES_AS_INPUT:
+        graph.node.append(helper.make_node("Unsqueeze", [flat], [LABEL_OUTPUT], name="label_as_column", axes=[1]))
+    else:
+        axes = f"{LABEL_OUTPUT}_axes"
+        graph.initializer.append(helper.make_tensor(axes, onnx.TensorProto.INT64, [1], [1]))
+        graph.node.append(helper.make_node("Unsqueeze", [flat, axes], [LABEL_OUTPUT], name="label_as_column"))
     label = outputs[LABEL_OUTPUT]
     label.type.tensor_type.shape.ClearField("dim")
     label.type.tensor_type.shape.dim.add()  # batch, dynamic
     label.type.tensor_type.shape.dim.add().dim_value = 1
+
+
+def default_opset(model) -> int:
+    """The version of the default ONNX domain the graph imports (skl2onnx imports what its nodes need)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
 def graph_tensors(onnx_bytes: bytes) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
@@ -132,12 +156,13 @@ def graph_tensors(onnx_bytes: bytes) -> tuple[tuple[Tensor, ...], tuple[Tensor, 
 
     graph = onnx.load_from_string(onnx_bytes).graph
     initializers = {init.name for init in graph.initializer}
-    datatypes = {onnx.TensorProto.FLOAT: FP32, onnx.TensorProto.INT64: INT64, onnx.TensorProto.STRING: BYTES}
+    datatypes = {onnx.TensorProto.FLOAT: FP32, onnx.TensorProto.DOUBLE: FP64, onnx.TensorProto.INT64: INT64,
+                 onnx.TensorProto.STRING: BYTES}
 
     def tensor(value_info, label_filename: str = "") -> Tensor:
         t = value_info.type.tensor_type
         if t.elem_type not in datatypes:
-            raise ExportError(f"{value_info.name} has ONNX type {t.elem_type}, not FP32, INT64 or string")
+            raise ExportError(f"{value_info.name} has ONNX type {t.elem_type}, not FP32, FP64, INT64 or string")
         dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim)[1:]
         if not dims or any(d < 1 for d in dims):
             raise ExportError(f"{value_info.name} has no fixed shape past the batch dimension: {dims}")
@@ -184,17 +209,19 @@ def session(onnx_bytes: bytes, threads: int = 1):
 
 
 def feeds(sess, rows) -> dict[str, np.ndarray]:
-    """ONNX Runtime inputs for `rows`: a float32 matrix, or one (rows, 1) column per input."""
-    names = [i.name for i in sess.get_inputs()]
+    """ONNX Runtime inputs for `rows`, in the type each input declares: a matrix, or one (rows, 1)
+    column per input."""
+    types = {onnx_type: datatype for datatype, onnx_type in ONNX_TYPES.items()}
+    inputs = sess.get_inputs()
     if not hasattr(rows, "columns"):
-        return {names[0]: np.asarray(rows, dtype=np.float32)}
+        return {inputs[0].name: np.asarray(rows, dtype=numpy_dtype(types[inputs[0].type]))}
     result = {}
-    for item in sess.get_inputs():
+    for item in inputs:
         column = rows[item.name].to_numpy()
         if item.type == ONNX_TYPES[BYTES]:
             result[item.name] = column.astype(str).astype(object).reshape(-1, 1)
         else:
-            result[item.name] = column.astype(np.float32).reshape(-1, 1)
+            result[item.name] = column.astype(numpy_dtype(types[item.type])).reshape(-1, 1)
     return result
 
 
@@ -215,7 +242,28 @@ def predict(onnx_bytes: bytes, rows, threads: int = 1) -> Prediction:
 def check_parity(trained, onnx_bytes: bytes, rows, tolerance: float) -> ParityReport:
     """Predict `rows` with sklearn and with ONNX Runtime on the exported bytes; compare."""
     return parity.check_parity(trained.estimator, lambda r: predict(onnx_bytes, r), rows, tolerance,
-                               "ONNX", classifier=trained.task == CLASSIFICATION)
+                               "ONNX", classifier=trained.task == CLASSIFICATION,
+                               diagnose=lambda differing: _which_part_differs(trained, differing, tolerance))
+
+
+def _which_part_differs(trained, rows, tolerance: float) -> str:
+    """Feed the trees alone with sklearn's own features for `rows`: if they answer exactly, the
+    preprocessing is what differs."""
+    from sklearn.pipeline import Pipeline
+
+    from .sources import TrainedModel
+
+    if not isinstance(trained.estimator, Pipeline) or len(trained.estimator.steps) < 2:
+        return "the trees differ"
+    features = np.asarray(trained.estimator[:-1].transform(parity.as_frame(trained.estimator, rows)),
+                          dtype=np.float32)
+    forest = trained.forest
+    alone = TrainedModel(forest, [f"f{i}" for i in range(features.shape[1])], features, "trees alone")
+    report = parity.check_parity(forest, lambda r: predict(convert(alone), r), features, tolerance, "trees",
+                                 classifier=trained.task == CLASSIFICATION)
+    if report.rows_off:
+        return "the trees differ: fed sklearn's own features, they still answer differently"
+    return "the preprocessing differs: the trees fed sklearn's own features answer exactly"
 
 
 def config_parameters(found: Signature) -> dict[str, str]:

@@ -27,10 +27,24 @@ class ParityReport:
     tolerance: float
     label_mismatches: int = 0
     ties: int = 0
+    rows_off: int = 0  # rows whose answer differs from sklearn's beyond the tolerance (or by label)
+    example: str = ""  # one such row: its values, sklearn's answer and the export's
+    cause: str = ""  # which part of the model differs, where it could be told
 
     @property
     def passed(self) -> bool:
         return self.max_rel_error <= self.tolerance and self.label_mismatches == 0
+
+    def failure(self) -> str:
+        """Why the check failed, in one line: how many rows, by how much, which part, one example."""
+        what = (f"{self.label_mismatches} labels differ from sklearn's" if self.label_mismatches
+                else f"max relative error {self.max_rel_error:.3g} exceeds tolerance {self.tolerance:g}")
+        text = f"{self.rows_off:,} of {self.rows:,} rows differ from sklearn ({what})"
+        if self.cause:
+            text += f"; {self.cause}"
+        if self.example:
+            text += f"; e.g. {self.example}"
+        return text
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -80,8 +94,10 @@ def count_nan_rows(rows) -> int:
 
 
 def check_parity(estimator, predict: Callable[[object], Prediction], rows, tolerance: float, label: str,
-                 classifier: bool = False) -> ParityReport:
-    """Predict `rows` with sklearn and with `predict` (the exported model); compare."""
+                 classifier: bool = False, diagnose: Callable[[object], str] | None = None) -> ParityReport:
+    """Predict `rows` with sklearn and with `predict` (the exported model); compare.
+
+    When rows differ, `diagnose(rows_that_differ)` may tell which part of the model differs."""
     expected = sklearn_prediction(estimator, rows, classifier)
     actual = predict(rows)
     nan_rows = count_nan_rows(rows)
@@ -92,11 +108,13 @@ def check_parity(estimator, predict: Callable[[object], Prediction], rows, toler
         values = values.reshape(len(values), -1) if values.size else values
         if values.shape != expected.values.shape:
             raise ExportError(f"{label} output has shape {values.shape}, sklearn gives {expected.values.shape}")
-        return ParityReport(
+        errors = relative_errors(expected.values, values).reshape(values.shape)
+        off = errors.max(axis=1) > tolerance if values.size else np.zeros(0, dtype=bool)
+        report = ParityReport(
             rows=len(values), nan_rows=nan_rows,
             max_abs_error=float(np.max(np.abs(values - expected.values))),
-            max_rel_error=float(np.max(relative_errors(expected.values, values))),
-            tolerance=tolerance)
+            max_rel_error=float(np.max(errors)), tolerance=tolerance, rows_off=int(off.sum()))
+        return _explained(report, rows, off, expected.values, values, label, diagnose)
 
     if actual.probabilities is None:
         raise ExportError(f"{label} gave no class probabilities")
@@ -106,14 +124,53 @@ def check_parity(estimator, predict: Callable[[object], Prediction], rows, toler
                           f"sklearn gives {expected.probabilities.shape}")
     error = np.abs(probabilities - expected.probabilities)
     mismatches = ties = 0
+    off = error.max(axis=1) > tolerance
     if actual.labels is not None:
         differ = np.asarray(actual.labels).astype(str) != np.asarray(expected.labels).astype(str)
         tied = _top_two_gap(expected.probabilities) <= tolerance
         ties = int((differ & tied).sum())
         mismatches = int((differ & ~tied).sum())
-    return ParityReport(rows=len(probabilities), nan_rows=nan_rows, max_abs_error=float(error.max()),
-                        max_rel_error=float(error.max()), tolerance=tolerance,
-                        label_mismatches=mismatches, ties=ties)
+        off |= differ & ~tied
+    report = ParityReport(rows=len(probabilities), nan_rows=nan_rows, max_abs_error=float(error.max()),
+                          max_rel_error=float(error.max()), tolerance=tolerance,
+                          label_mismatches=mismatches, ties=ties, rows_off=int(off.sum()))
+    return _explained(report, rows, off, expected.probabilities, probabilities, label, diagnose)
+
+
+def _explained(report: ParityReport, rows, off: np.ndarray, expected: np.ndarray, actual: np.ndarray,
+               label: str, diagnose) -> ParityReport:
+    """Add one example row and, where it can be told, which part of the model differs."""
+    if not off.any():
+        return report
+    from dataclasses import replace
+
+    index = int(np.flatnonzero(off)[0])
+    example = (f"row {_describe_row(rows, index)}: sklearn {_describe_answer(expected[index])}, "
+               f"{label} {_describe_answer(actual[index])}")
+    differing = rows.iloc[np.flatnonzero(off)] if hasattr(rows, "iloc") else np.asarray(rows)[off]
+    nan = (differing.isna().any(axis=1).to_numpy() if hasattr(differing, "isna")
+           else np.isnan(np.asarray(differing, dtype=np.float64)).any(axis=1))
+    if nan.all() and report.nan_rows < report.rows:
+        cause = ("every row that differs holds a missing value: a step before the forest does not keep NaN "
+                 "where sklearn keeps it for the trees to route")
+    else:
+        cause = diagnose(differing) if diagnose else ""
+    return replace(report, example=example, cause=cause)
+
+
+def _describe_row(rows, index: int) -> str:
+    if hasattr(rows, "iloc"):
+        items = [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v:.10g}" for k, v in rows.iloc[index].items()]
+    else:
+        items = [f"{v:.10g}" for v in np.asarray(rows, dtype=np.float64)[index]]
+    shown = ", ".join(items[:8]) + (", ..." if len(items) > 8 else "")
+    return f"[{shown}]"
+
+
+def _describe_answer(values) -> str:
+    values = np.atleast_1d(np.asarray(values, dtype=np.float64))
+    shown = ", ".join(f"{v:.7g}" for v in values[:4]) + (", ..." if len(values) > 4 else "")
+    return shown if len(values) == 1 else f"[{shown}]"
 
 
 def _top_two_gap(probabilities: np.ndarray) -> np.ndarray:
@@ -141,7 +198,7 @@ def with_missing_values(rows, numeric: list[str] | None = None, seed: int = 1):
                 [c for c in columns if rng.random() < 0.3] if i < len(picks) - 4 else columns
             picks.loc[i, cells] = np.nan
         return picks
-    rows = np.asarray(rows, dtype=np.float32)
+    rows = np.asarray(rows, dtype=np.float64)
     if rows.size == 0:
         return rows
     n_features = rows.shape[1]
@@ -150,5 +207,5 @@ def with_missing_values(rows, numeric: list[str] | None = None, seed: int = 1):
     single[np.arange(len(single)), np.arange(len(single)) % n_features] = np.nan
     scattered = picks.copy()
     scattered[rng.random(scattered.shape) < 0.3] = np.nan
-    whole = np.full((4, n_features), np.nan, dtype=np.float32)
+    whole = np.full((4, n_features), np.nan)
     return np.concatenate([single, scattered, whole])

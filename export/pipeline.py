@@ -55,8 +55,10 @@ class ExportResult:
 def export_model(trained: sources.TrainedModel, repository_path: Path, *, name: str = DEFAULT_MODEL_NAME,
                  version: int | None = None, options: ServingOptions = ServingOptions(),
                  tolerance: float = DEFAULT_TOLERANCE, console: Console | None = None,
-                 model_format: str = DEFAULT_FORMAT) -> ExportResult:
-    """Convert `trained`, check it against sklearn, and publish it as a new version."""
+                 model_format: str = DEFAULT_FORMAT, parity_data: Path | None = None) -> ExportResult:
+    """Convert `trained`, check it against sklearn, and publish it as a new version.
+
+    `parity_data`: a CSV or Parquet file of the user's own rows, compared row by row as well."""
     started = time.perf_counter()
     if model_format not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, not {model_format!r}")
@@ -66,19 +68,21 @@ def export_model(trained: sources.TrainedModel, repository_path: Path, *, name: 
     triton_config.validate(options)
     config_path = repository_path / name / triton_config.CONFIG_FILENAME
     existing = triton_config.read_config(config_path) if config_path.is_file() else None
+    own_rows = sources.read_rows(parity_data, trained) if parity_data is not None else None
 
     with _status(console, fmt.converting):
         model_bytes = fmt.converter.convert(trained)
         graph = fmt.converter.signature(model_bytes, trained)
-    rows = parity_rows(trained)
+    rows = parity_rows(trained, own_rows)
+    if console and trained.unmapped_steps and own_rows is None:
+        console.print(f"[yellow]note:[/] {', '.join(trained.unmapped_steps)} mix columns: the probe rows cannot "
+                      "follow the data's grid through them; --parity-data FILE checks your own rows too")
     with _status(console, f"Verifying parity on {len(rows)} rows (sklearn vs {fmt.checked_with})"):
         report = fmt.converter.check_parity(trained, model_bytes, rows, tolerance)
     if console:
         console.print(f"parity ({fmt.checked_with}): {report.describe()}")
     if not report.passed:
-        what = (f"{report.label_mismatches} labels differ from sklearn's" if report.label_mismatches
-                else f"max relative error {report.max_rel_error:.3g} exceeds tolerance {tolerance:g}")
-        raise ExportError(f"parity check failed: {what}; nothing written")
+        raise ExportError(f"parity check failed: {report.failure()}; nothing written")
 
     metadata = _metadata(trained, report, graph, model_format, fmt)
     if (existing is None and fmt.backend.ort_threads and options.intra_op_threads is None
@@ -96,12 +100,20 @@ def export_model(trained: sources.TrainedModel, repository_path: Path, *, name: 
     return ExportResult(version_dir, config_path, report, metadata, time.perf_counter() - started)
 
 
-def parity_rows(trained: sources.TrainedModel):
-    """The validation rows plus rows with missing values (sklearn answers them; so must the export).
+def parity_rows(trained: sources.TrainedModel, own_rows=None):
+    """The validation (or probe) rows and the user's own rows, plus rows with missing values
+    (sklearn answers them; so must the export).
 
     A pipeline whose sklearn steps refuse NaN is checked on the clean rows only.
     """
     rows = trained.X_val
+    if own_rows is not None:
+        if hasattr(rows, "columns"):
+            import pandas as pd
+
+            rows = pd.concat([rows, own_rows], ignore_index=True)
+        else:
+            rows = np.concatenate([np.asarray(rows, dtype=np.float64), own_rows])
     with_nan = parity.with_missing_values(rows, numeric=[c for c in trained.feature_names
                                                          if c not in trained.string_columns])
     try:
@@ -112,7 +124,7 @@ def parity_rows(trained: sources.TrainedModel):
         import pandas as pd
 
         return pd.concat([rows, with_nan], ignore_index=True)
-    return np.concatenate([np.asarray(rows, dtype=np.float32), with_nan])
+    return np.concatenate([np.asarray(rows, dtype=np.float64), with_nan])
 
 
 def _metadata(trained: sources.TrainedModel, parity: ParityReport, graph: Signature,

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..signature import CLASSIFICATION, REGRESSION
+from . import probes
 from .errors import ExportError, first_line
 
 DEMO_N_FEATURES = 5
@@ -31,8 +32,9 @@ EXPECTED = "a RandomForest or ExtraTrees regressor or classifier, or a Pipeline 
 class TrainedModel:
     """A fitted forest (or a Pipeline ending in one) and what we know about it.
 
-    X_val: the rows the parity check predicts. A float32 matrix, or a DataFrame for a columnar
-    pipeline (one Triton input per column, strings allowed).
+    X_val: the rows the parity check predicts: held-out rows, or probe rows on the data's grid for
+    a model that came without data. A matrix, or a DataFrame for a columnar pipeline (one Triton
+    input per column, strings allowed).
     """
 
     estimator: Any
@@ -43,6 +45,8 @@ class TrainedModel:
     string_columns: tuple[str, ...] = ()
     # string columns whose encoder refuses values it has not seen (handle_unknown="error")
     closed_categories: dict[str, list[str]] = field(default_factory=dict)
+    # steps whose thresholds the probe rows could not map back to raw columns (they mix columns)
+    unmapped_steps: list[str] = field(default_factory=list)
 
     @property
     def n_features(self) -> int:
@@ -69,8 +73,63 @@ class TrainedModel:
 
     @property
     def columnar(self) -> bool:
-        """Served with one input per DataFrame column: the pipeline encodes string columns itself."""
-        return bool(self.string_columns)
+        """Served with one input per DataFrame column: the pipeline selects its columns by name
+        (string columns it encodes itself, or numeric columns a ColumnTransformer picks by name)."""
+        return bool(self.string_columns) or selects_columns_by_name(self.estimator)
+
+    @property
+    def numeric_datatype(self) -> str:
+        """FP64 where a step computes with the numbers before the forest (sklearn does it in float64)."""
+        from .steps import numeric_datatype
+
+        return numeric_datatype(self.estimator, self.string_columns, self.feature_names)
+
+
+def read_rows(path: Path, trained: TrainedModel):
+    """The user's own rows (CSV or Parquet) in the layout the parity check predicts: a float64
+    matrix of the feature columns, or a DataFrame for a columnar model. Other columns are ignored."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise ExportError(f"parity data file not found: {path}")
+    try:
+        frame = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
+    except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
+        raise ExportError(f"cannot read parity data {path}: {first_line(exc)}") from exc
+    frame.columns = [str(c) for c in frame.columns]
+    missing = [c for c in trained.feature_names if c not in frame.columns]
+    if missing:
+        raise ExportError(f"parity data {path} lacks the model's column(s) {', '.join(missing)}")
+    if frame.empty:
+        raise ExportError(f"parity data {path} has no rows")
+    frame = frame[trained.feature_names].copy()
+    for column in trained.feature_names:
+        if column in trained.string_columns:
+            if frame[column].isna().any():
+                raise ExportError(f"missing values in string column {column!r} of {path}")
+            frame[column] = frame[column].astype(str).astype(object)
+            continue
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        if (numbers.isna() & frame[column].notna()).any():
+            raise ExportError(f"column {column!r} of {path} holds values that are not numbers")
+        if np.isinf(numbers.to_numpy(dtype=np.float64)).any():
+            raise ExportError(f"infinite values in column {column!r} of {path}; sklearn refuses them")
+        frame[column] = numbers.astype(np.float64)
+    return frame.reset_index(drop=True) if trained.columnar else frame.to_numpy(dtype=np.float64)
+
+
+def selects_columns_by_name(estimator) -> bool:
+    """A Pipeline fitted on a DataFrame whose ColumnTransformer picks columns by name."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    if not isinstance(estimator, Pipeline) or getattr(estimator, "feature_names_in_", None) is None:
+        return False
+    first = estimator.steps[0][1]
+    if not isinstance(first, ColumnTransformer):
+        return False
+    return any(isinstance(c, str) or (isinstance(c, (list, tuple)) and c and all(isinstance(n, str) for n in c))
+               for _, _, c in first.transformers)
 
 
 def final_forest(estimator):
@@ -195,10 +254,9 @@ def load_pickled(path: Path) -> TrainedModel:
     names = getattr(estimator, "feature_names_in_", None)
     feature_names = [str(n) for n in names] if names is not None else [f"x{i}" for i in range(n_features)]
     strings = string_columns(estimator, feature_names)
-    X_val = (_probe_columns(estimator, feature_names, strings) if strings
-             else _probe_inputs(estimator, n_features))
-    return TrainedModel(estimator, feature_names, X_val, f"loaded from {path.name}", string_columns=strings,
-                        closed_categories=closed_categories(estimator, feature_names))
+    found = probes.probe_rows(estimator, feature_names, strings, columnar=bool(strings) or selects_columns_by_name(estimator))
+    return TrainedModel(estimator, feature_names, found.rows, f"loaded from {path.name}", string_columns=strings,
+                        closed_categories=closed_categories(estimator, feature_names), unmapped_steps=found.unmapped)
 
 
 def _check_servable(forest) -> None:
@@ -236,7 +294,7 @@ def closed_categories(estimator, feature_names: list[str]) -> dict[str, list[str
         categories = getattr(encoder, "categories_", None)
         if categories is None or getattr(encoder, "handle_unknown", "error") != "error":
             continue
-        for column, values in zip(_column_names(columns, feature_names), categories):
+        for column, values in zip(column_names(columns, feature_names), categories):
             if np.asarray(values).dtype.kind in "OU":
                 closed[column] = [str(v) for v in values]
     return closed
@@ -261,15 +319,15 @@ def string_columns(estimator, feature_names: list[str]) -> tuple[str, ...]:
             continue
         if getattr(encoder, "handle_unknown", None) == "infrequent_if_exist":
             raise ExportError(f"{type(encoder).__name__}(handle_unknown='infrequent_if_exist') on "
-                              f"{', '.join(_column_names(columns, feature_names))}: skl2onnx cannot convert "
+                              f"{', '.join(column_names(columns, feature_names))}: skl2onnx cannot convert "
                               "infrequent categories; refit with handle_unknown='ignore'")
-        for column in _column_names(columns, feature_names):
+        for column in column_names(columns, feature_names):
             if column not in found:
                 found.append(column)
     return tuple(c for c in feature_names if c in found)
 
 
-def _column_names(columns, feature_names: list[str]) -> list[str]:
+def column_names(columns, feature_names: list[str]) -> list[str]:
     """A ColumnTransformer's column selection (names, indices, a mask or a slice) as names."""
     if isinstance(columns, slice):
         return feature_names[columns]
@@ -313,90 +371,3 @@ def _fit_and_score(X, y, names, n_estimators, max_depth, seed, source, task=REGR
 def _can_stratify(y) -> bool:
     _, counts = np.unique(y, return_counts=True)
     return counts.min() >= 2
-
-
-def _threshold_ranges(forest, n_features: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per forest-input feature, the lowest and highest finite split threshold (±1 where unused).
-
-    Trees trained with missing values split "missing vs not" at threshold = inf: those say nothing
-    about the range and are left out.
-    """
-    low = np.full(n_features, np.inf)
-    high = np.full(n_features, -np.inf)
-    for tree in forest.estimators_:
-        t = tree.tree_
-        split = (t.feature >= 0) & np.isfinite(t.threshold)
-        np.minimum.at(low, t.feature[split], t.threshold[split])
-        np.maximum.at(high, t.feature[split], t.threshold[split])
-    unused = ~np.isfinite(low)
-    low[unused], high[unused] = -1.0, 1.0
-    return low, high
-
-
-def _probe_inputs(estimator, n_features: int, n_rows: int = 2000, seed: int = 0) -> np.ndarray:
-    """Rows that reach every side of every split, for a model that came without data.
-
-    Each feature is sampled across the range of the forest's own thresholds (a margin either
-    side). For a Pipeline the rows are drawn in the forest's input space and mapped back through
-    the preceding steps when they can be inverted; otherwise standard-normal rows are used.
-    """
-    from sklearn.pipeline import Pipeline
-
-    forest = final_forest(estimator)
-    rng = np.random.default_rng(seed)
-    low, high = _threshold_ranges(forest, int(forest.n_features_in_))
-    margin = np.maximum((high - low) * 0.1, 1e-3)
-    rows = rng.uniform(low - margin, high + margin, size=(n_rows, len(low)))
-    if isinstance(estimator, Pipeline) and len(estimator.steps) > 1:
-        try:
-            for _, step in reversed(estimator.steps[:-1]):
-                rows = step.inverse_transform(rows)
-        except (AttributeError, ValueError, TypeError):
-            rows = rng.standard_normal((n_rows, n_features))
-    if rows.shape[1] != n_features:
-        rows = rng.standard_normal((n_rows, n_features))
-    return np.asarray(rows, dtype=np.float32)
-
-
-def _probe_columns(estimator, feature_names: list[str], strings: tuple[str, ...], n_rows: int = 2000,
-                   seed: int = 0):
-    """Probe rows for a columnar pipeline: string columns drawn from the encoders' own categories
-    (plus one unseen value where the encoder accepts unknowns), numeric columns across the range of
-    the thresholds they feed, mapped back through their transformer when it can be inverted.
-    """
-    import pandas as pd
-    from sklearn.pipeline import Pipeline
-
-    rng = np.random.default_rng(seed)
-    columns = estimator.steps[0][1]
-    forest = final_forest(estimator)
-    low, high = _threshold_ranges(forest, int(forest.n_features_in_))
-    frame = {}
-    for name, transformer, selected in columns.transformers_:
-        names = _column_names(selected, feature_names)
-        if transformer == "drop" or not names:
-            continue
-        encoder = transformer.steps[-1][1] if isinstance(transformer, Pipeline) else transformer
-        if any(n in strings for n in names):
-            for column, categories in zip(names, encoder.categories_):
-                values = [str(c) for c in categories if not (isinstance(c, float) and np.isnan(c))]
-                if getattr(encoder, "handle_unknown", "error") != "error":
-                    values.append("(unseen)")
-                frame[column] = rng.choice(np.asarray(values, dtype=object), size=n_rows)
-            continue
-        out = columns.output_indices_[name]
-        width = out.stop - out.start
-        drawn = rng.uniform(low[out] - 0.1 * np.abs(low[out]) - 1e-3, high[out] + 0.1 * np.abs(high[out]) + 1e-3,
-                            size=(n_rows, width)) if width else np.empty((n_rows, 0))
-        if width == len(names) and transformer != "passthrough":
-            try:
-                drawn = transformer.inverse_transform(drawn)
-            except (AttributeError, ValueError, TypeError):
-                drawn = rng.standard_normal((n_rows, len(names)))
-        elif width != len(names):
-            drawn = rng.standard_normal((n_rows, len(names)))
-        for i, column in enumerate(names):
-            frame[column] = np.asarray(drawn[:, i], dtype=np.float32)
-    for column in feature_names:  # columns no transformer reads (remainder="drop")
-        frame.setdefault(column, np.zeros(n_rows, dtype=np.float32))
-    return pd.DataFrame({c: frame[c] for c in feature_names})
