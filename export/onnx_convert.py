@@ -38,7 +38,6 @@ PROTOBUF_LIMIT = 2 ** 31 - 1  # an ONNX file is one protobuf message: 2 GB at mo
 BYTES_PER_NODE = 28
 BYTES_PER_LEAF_WEIGHT = 13
 ONNX_TYPES = {FP32: "tensor(float)", FP64: "tensor(double)", INT64: "tensor(int64)", BYTES: "tensor(string)"}
-UNSQUEEZE_AXES_AS_INPUT = 13  # before opset 13, Unsqueeze takes its axes as an attribute
 
 
 def convert(trained) -> bytes:
@@ -117,11 +116,8 @@ def _steps(estimator) -> str:
 
 
 def _declare_outputs(graph, trained, opset: int) -> None:
-    """Regression: [N, n_outputs]. Classification: label [N, 1] (an Unsqueeze in the graph's own
-    opset), probabilities [N, n_classes]."""
-    import onnx
-    from onnx import helper
-
+    """Regression: [N, n_outputs]. Classification: probabilities [N, n_classes], and the label [N, 1]
+    chosen from them as sklearn chooses it (see :func:`tie_margin`), in the graph's own opset."""
     outputs = {o.name: o for o in graph.output}
     if trained.task != CLASSIFICATION:
         (output,) = graph.output
@@ -130,19 +126,58 @@ def _declare_outputs(graph, trained, opset: int) -> None:
     if set(outputs) != {LABEL_OUTPUT, PROBABILITIES_OUTPUT}:
         raise ExportError(f"unexpected classifier outputs {sorted(outputs)}")
     outputs[PROBABILITIES_OUTPUT].type.tensor_type.shape.dim[1].dim_value = len(trained.classes)
-    flat = f"{LABEL_OUTPUT}_flat"
+    trees_label = f"{LABEL_OUTPUT}_of_trees"  # the tree ensemble's own pick, left unused
     for node in graph.node:
-        node.output[:] = [flat if name == LABEL_OUTPUT else name for name in node.output]
-    if opset < UNSQUEEZE_AXES_AS_INPUT:
-        graph.node.append(helper.make_node("Unsqueeze", [flat], [LABEL_OUTPUT], name="label_as_column", axes=[1]))
-    else:
-        axes = f"{LABEL_OUTPUT}_axes"
-        graph.initializer.append(helper.make_tensor(axes, onnx.TensorProto.INT64, [1], [1]))
-        graph.node.append(helper.make_node("Unsqueeze", [flat, axes], [LABEL_OUTPUT], name="label_as_column"))
+        node.output[:] = [trees_label if name == LABEL_OUTPUT else name for name in node.output]
+    _label_from_probabilities(graph, trained.classes, tie_margin(trained.forest.n_estimators), opset)
     label = outputs[LABEL_OUTPUT]
     label.type.tensor_type.shape.ClearField("dim")
     label.type.tensor_type.shape.dim.add()  # batch, dynamic
     label.type.tensor_type.shape.dim.add().dim_value = 1
+
+
+def tie_margin(n_trees: int) -> float:
+    """How far apart float32 sums of the trees' class weights may be when sklearn's float64 means tie.
+
+    sklearn predicts the first of the classes whose mean probability is highest. ONNX Runtime sums
+    the leaf weights in float32: each of the n_trees additions rounds by at most 2^-24 (the sum stays
+    at or below 1), each weight once more, for each of two classes. Classes within this margin of the
+    best are taken as tied and the first one wins, as in sklearn; two classes sklearn does not tie
+    are further apart than this on every forest measured (the closest: 1.7e-4, tests/test_labels.py).
+    """
+    return 2.0 * (n_trees + 1) * 2.0 ** -24
+
+
+def _label_from_probabilities(graph, classes, margin: float, opset: int) -> None:
+    """label = classes[first index whose probability is within `margin` of the row's best]."""
+    import onnx
+    from onnx import helper
+
+    def constant(name: str, kind, dims, values):
+        graph.initializer.append(helper.make_tensor(name, kind, dims, values))
+        return name
+
+    p = PROBABILITIES_OUTPUT
+    best, lowest, near, near_float, index = (f"{LABEL_OUTPUT}_{s}" for s in
+                                              ("best", "lowest", "near", "near_float", "index"))
+    if opset >= 18:  # ReduceMax takes its axes as an input from opset 18
+        axes = constant(f"{LABEL_OUTPUT}_axes", onnx.TensorProto.INT64, [1], [1])
+        graph.node.append(helper.make_node("ReduceMax", [p, axes], [best], keepdims=1, name=best))
+    else:
+        graph.node.append(helper.make_node("ReduceMax", [p], [best], axes=[1], keepdims=1, name=best))
+    margin_name = constant(f"{LABEL_OUTPUT}_tie_margin", onnx.TensorProto.FLOAT, [], [margin])
+    graph.node.append(helper.make_node("Sub", [best, margin_name], [lowest], name=lowest))
+    below = f"{LABEL_OUTPUT}_below"
+    graph.node.append(helper.make_node("Less", [p, lowest], [below], name=below))
+    graph.node.append(helper.make_node("Not", [below], [near], name=near))
+    graph.node.append(helper.make_node("Cast", [near], [near_float], to=onnx.TensorProto.FLOAT, name=near_float))
+    graph.node.append(helper.make_node("ArgMax", [near_float], [index], axis=1, keepdims=1, name=index))  # first max
+    if np.asarray(classes).dtype.kind in "OU" or any(isinstance(c, str) for c in classes):
+        table = constant(f"{LABEL_OUTPUT}_classes", onnx.TensorProto.STRING, [len(classes)],
+                         [str(c).encode() for c in classes])
+    else:
+        table = constant(f"{LABEL_OUTPUT}_classes", onnx.TensorProto.INT64, [len(classes)], [int(c) for c in classes])
+    graph.node.append(helper.make_node("Gather", [table, index], [LABEL_OUTPUT], axis=0, name="label_as_column"))
 
 
 def default_opset(model) -> int:

@@ -82,8 +82,10 @@ def map_back(steps: list, values: list[np.ndarray], unmapped: list[str]) -> list
     from sklearn.impute import SimpleImputer
     from sklearn.preprocessing import KBinsDiscretizer
 
+    from .steps import is_passthrough
+
     for step in reversed(steps):
-        if step in ("passthrough", None):
+        if is_passthrough(step):
             continue
         width_in = _width_in(step, len(values))
         if isinstance(step, KBinsDiscretizer):
