@@ -248,8 +248,9 @@ class RandomForestClient:
             raise InputError(f"input has {array.shape[1]} features per row, the model takes {self.n_features}")
         if array.shape[0] == 0:
             raise InputError("input has no rows")
-        _check_finite(array, self.feature_names)
-        return {self.input_name: np.ascontiguousarray(array, dtype=np.float32)}
+        datatype = self.signature.inputs[0].datatype
+        _check_finite(array, self.feature_names, datatype)
+        return {self.input_name: np.ascontiguousarray(array, dtype=signature.numpy_dtype(datatype))}
 
     def _prepare_columns(self, X) -> dict[str, np.ndarray]:
         import pandas as pd
@@ -285,8 +286,8 @@ class RandomForestClient:
             except (TypeError, ValueError):
                 raise InputError(f"column {tensor.name!r} holds non-numeric values; the model takes numbers "
                                  "there (NaN for a missing one)") from None
-            _check_finite(values.reshape(-1, 1), [tensor.name])
-            tensors[tensor.name] = values.astype(np.float32).reshape(-1, 1)
+            _check_finite(values.reshape(-1, 1), [tensor.name], tensor.datatype)
+            tensors[tensor.name] = values.astype(signature.numpy_dtype(tensor.datatype)).reshape(-1, 1)
         return tensors
 
     def infer(self, X) -> Prediction:
@@ -369,11 +370,14 @@ class RandomForestClient:
             raise ClientError("client is not connected: use `with RandomForestClient(...) as client:` or connect()")
 
 
-def _check_finite(array: np.ndarray, names: list[str] | None) -> None:
-    """±inf and values beyond FP32 are refused (sklearn refuses them too); NaN is a missing value."""
+def _check_finite(array: np.ndarray, names: list[str] | None, datatype: str = signature.FP32) -> None:
+    """±inf (and, for an FP32 input, values beyond FP32) are refused, as sklearn refuses them; NaN is a
+    missing value."""
     if array.dtype.kind != "f":
         return
-    bad = np.isinf(array) | (np.abs(np.nan_to_num(array)) > FP32_MAX)
+    bad = np.isinf(array)
+    if datatype == signature.FP32:
+        bad |= np.abs(np.nan_to_num(array)) > FP32_MAX
     if bad.any():
         row, column = (int(i) for i in np.argwhere(bad)[0])
         name = names[column] if names and column < len(names) else f"feature {column}"

@@ -248,7 +248,7 @@ def feeds(sess, rows) -> dict[str, np.ndarray]:
     column per input."""
     types = {onnx_type: datatype for datatype, onnx_type in ONNX_TYPES.items()}
     inputs = sess.get_inputs()
-    if not hasattr(rows, "columns"):
+    if not hasattr(rows, "columns") or inputs[0].name not in rows.columns:  # one matrix input
         return {inputs[0].name: np.asarray(rows, dtype=numpy_dtype(types[inputs[0].type]))}
     result = {}
     for item in inputs:
@@ -278,27 +278,49 @@ def check_parity(trained, onnx_bytes: bytes, rows, tolerance: float) -> ParityRe
     """Predict `rows` with sklearn and with ONNX Runtime on the exported bytes; compare."""
     return parity.check_parity(trained.estimator, lambda r: predict(onnx_bytes, r), rows, tolerance,
                                "ONNX", classifier=trained.task == CLASSIFICATION,
-                               diagnose=lambda differing: _which_part_differs(trained, differing, tolerance))
+                               diagnose=lambda differing: _which_part_differs(trained, onnx_bytes, differing, tolerance))
 
 
-def _which_part_differs(trained, rows, tolerance: float) -> str:
-    """Feed the trees alone with sklearn's own features for `rows`: if they answer exactly, the
-    preprocessing is what differs."""
+def _which_part_differs(trained, onnx_bytes: bytes, rows, tolerance: float) -> str:
+    """Feed the graph's own trees (the graph from the tree ensemble on) with sklearn's own features
+    for `rows`: if they answer as sklearn's trees do, the preprocessing is what differs."""
+    import onnx
     from sklearn.pipeline import Pipeline
-
-    from .sources import TrainedModel
 
     if not isinstance(trained.estimator, Pipeline) or len(trained.estimator.steps) < 2:
         return "the trees differ"
+    trees = _trees_alone(onnx.load_from_string(onnx_bytes))
+    if trees is None:
+        return ""
     features = np.asarray(trained.estimator[:-1].transform(parity.as_frame(trained.estimator, rows)),
                           dtype=np.float32)
-    forest = trained.forest
-    alone = TrainedModel(forest, [f"f{i}" for i in range(features.shape[1])], features, "trees alone")
-    report = parity.check_parity(forest, lambda r: predict(convert(alone), r), features, tolerance, "trees",
-                                 classifier=trained.task == CLASSIFICATION)
+    report = parity.check_parity(trained.forest, lambda r: predict(trees, r), features,
+                                 tolerance, "trees", classifier=trained.task == CLASSIFICATION)
     if report.rows_off:
         return "the trees differ: fed sklearn's own features, they still answer differently"
     return "the preprocessing differs: the trees fed sklearn's own features answer exactly"
+
+
+def _trees_alone(model) -> bytes | None:
+    """The part of the graph from the tree ensemble on, taking the trees' float32 features as input."""
+    import onnx
+    from onnx import helper
+
+    graph = model.graph
+    tree = next((n for n in graph.node if n.op_type in forest_onnx.OPS.values()), None)
+    if tree is None:
+        return None
+    reached, nodes = {tree.input[0]}, []
+    for node in graph.node:  # graph order is topological
+        if any(name in reached for name in node.input):
+            nodes.append(node)
+            reached.update(node.output)
+    if not all(o.name in reached for o in graph.output):
+        return None
+    features = helper.make_tensor_value_info(tree.input[0], onnx.TensorProto.FLOAT, [None, None])
+    cut = helper.make_graph(nodes, "trees", [features], list(graph.output), list(graph.initializer))
+    alone = helper.make_model(cut, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    return alone.SerializeToString()
 
 
 def config_parameters(found: Signature) -> dict[str, str]:

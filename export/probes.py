@@ -48,15 +48,17 @@ def thresholds_by_feature(forest) -> list[np.ndarray]:
     return [np.unique(np.concatenate(t)) if t else np.empty(0) for t in found]
 
 
-def on_grid(raw: np.ndarray) -> np.ndarray:
-    """Raw values and their neighbours on the integer and 1-4 decimal grids."""
+def on_grid(raw: np.ndarray) -> list[np.ndarray]:
+    """Raw values and their neighbours on the integer and 1-4 decimal grids, coarsest grid first
+    (the raw values themselves last)."""
     raw = raw[np.isfinite(raw)]
-    values = [raw]
+    levels = []
     for decimals in DECIMALS:
         step = 10.0 ** -decimals
         rounded = np.round(raw, decimals)
-        values += [rounded, np.round(rounded - step, decimals), np.round(rounded + step, decimals)]
-    return np.unique(np.concatenate(values))
+        levels.append(np.unique(np.concatenate([rounded, np.round(rounded - step, decimals),
+                                                np.round(rounded + step, decimals)])))
+    return levels + [np.unique(raw)]
 
 
 def _column_wise(step) -> bool:
@@ -77,7 +79,7 @@ def _width_in(step, width_out: int) -> int:
 
 
 def map_back(steps: list, values: list[np.ndarray], unmapped: list[str]) -> list[np.ndarray]:
-    """Per column of the steps' output, candidate values mapped back to the steps' input columns."""
+    """Per column of the steps' output, values (thresholds) mapped back to the steps' input columns."""
     from sklearn.feature_selection import SelectorMixin
     from sklearn.impute import SimpleImputer
     from sklearn.preprocessing import KBinsDiscretizer
@@ -89,7 +91,7 @@ def map_back(steps: list, values: list[np.ndarray], unmapped: list[str]) -> list
             continue
         width_in = _width_in(step, len(values))
         if isinstance(step, KBinsDiscretizer):
-            values = [on_grid(np.asarray(edges, dtype=np.float64)) for edges in step.bin_edges_]
+            values = [np.asarray(edges, dtype=np.float64) for edges in step.bin_edges_]
         elif isinstance(step, SelectorMixin):
             mapped = [np.empty(0)] * width_in
             for out, column in enumerate(np.flatnonzero(step.get_support())):
@@ -117,17 +119,26 @@ def _inverse_column(step, column: int, values: np.ndarray, width: int) -> np.nda
     matrix = np.zeros((len(values), width))
     matrix[:, column] = values
     try:
-        raw = np.asarray(step.inverse_transform(matrix), dtype=np.float64)[:, column]
+        return np.asarray(step.inverse_transform(matrix), dtype=np.float64)[:, column]
     except (ValueError, TypeError, AttributeError):
         return np.empty(0)
-    return on_grid(raw)
 
 
 def _candidates(values: np.ndarray, rng) -> np.ndarray:
-    values = values[np.isfinite(values)]
-    if len(values) > MAX_VALUES_PER_COLUMN:
-        values = np.sort(rng.choice(values, MAX_VALUES_PER_COLUMN, replace=False))
-    return values
+    """A raw column's thresholds on the data's grid, at most MAX_VALUES_PER_COLUMN of them, taken
+    grid by grid from the coarsest (integers) on: a column of counts keeps every count."""
+    kept: list[float] = []
+    seen: set[float] = set()
+    for level in on_grid(np.asarray(values, dtype=np.float64)):
+        fresh = np.asarray([v for v in level.tolist() if v not in seen])
+        room = MAX_VALUES_PER_COLUMN - len(kept)
+        if room <= 0:
+            break
+        if len(fresh) > room:
+            fresh = rng.choice(fresh, room, replace=False)
+        kept.extend(fresh.tolist())
+        seen.update(fresh.tolist())
+    return np.sort(np.asarray(kept, dtype=np.float64))
 
 
 def _rows(candidates: list, ranges: list[tuple[float, float]], rng):
@@ -171,7 +182,7 @@ def probe_rows(estimator, feature_names: list[str], string_columns: tuple[str, .
 
     rng = np.random.default_rng(seed)
     forest = final_forest(estimator)
-    forest_values = [on_grid(t) for t in thresholds_by_feature(forest)]
+    forest_values = thresholds_by_feature(forest)
     steps = [step for _, step in estimator.steps[:-1]] if isinstance(estimator, Pipeline) else []
     unmapped: list[str] = []
     if not columnar:
