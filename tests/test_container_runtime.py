@@ -87,6 +87,6 @@ def test_a_forest_past_two_gigabytes_is_refused_before_converting(monkeypatch):
     X = np.random.default_rng(0).normal(size=(500, 3)).astype(np.float32)
     forest = RandomForestRegressor(4, random_state=0).fit(X, X[:, 0])
     monkeypatch.setattr(onnx_convert, "PROTOBUF_LIMIT", int(onnx_convert.estimated_size(forest) / 0.95) - 1)
-    monkeypatch.setattr(forest_onnx, "register", lambda: pytest.fail("conversion started"))
+    monkeypatch.setattr(forest_onnx, "conversion_arguments", lambda: pytest.fail("conversion started"))
     with pytest.raises(ExportError, match="past protobuf's 2 GB limit.*--format fil"):
         onnx_convert.convert(sources.TrainedModel(forest, ["a", "b", "c"], X, "test"))

@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 import pytest
+from tritonclient.grpc import model_config_pb2 as mc
 from sklearn.ensemble import GradientBoostingRegressor, RandomForestClassifier, RandomForestRegressor
 from sklearn.compose import ColumnTransformer
 from sklearn.pipeline import make_pipeline
@@ -105,10 +106,11 @@ def test_pipeline_with_scaler_keeps_scaling_inside_the_graph(tmp_path, small_dat
     assert result.exit_code == 0, result.output
     model_dir = tmp_path / "repo" / "random_forest"
     assert feature_names(read_config(model_dir / "config.pbtxt")) == ["age", "income", "ratio"]
+    assert read_config(model_dir / "config.pbtxt").input[0].data_type == mc.TYPE_FP64  # sklearn scales in float64
     session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
-    raw = X[:50].astype(np.float32)  # raw, unscaled features: the scaler runs inside the graph
+    raw = np.asarray(X[:50], dtype=np.float64)  # raw, unscaled features: the scaler runs inside the graph
     onnx_out = session.run(None, {"X": raw})[0].ravel()
-    np.testing.assert_allclose(onnx_out, pipeline.predict(pd.DataFrame(raw, columns=frame.columns)), rtol=1e-4)
+    np.testing.assert_allclose(onnx_out, pipeline.predict(pd.DataFrame(raw, columns=frame.columns)), rtol=1e-6)
     assert json.loads((model_dir / "1" / "metadata.json").read_text())["pipeline_steps"] == [
         "standardscaler", "randomforestregressor"]
 

@@ -23,7 +23,7 @@ from sklearn.preprocessing import StandardScaler
 from typer.testing import CliRunner
 from tritonclient.grpc import model_config_pb2 as mc
 
-from rf_triton.export import fil, parity, sources
+from rf_triton.export import fil, parity, probes, sources
 from rf_triton.export.errors import ExportError
 from rf_triton.export.parity import relative_errors
 from rf_triton.export.triton_config import feature_names, read_config
@@ -95,7 +95,7 @@ def test_checkpoint_on_disk_predicts_like_sklearn(fil_repository, demo_model):
     """The written file, read back by treelite, against sklearn on validation and split-spanning rows."""
     model = treelite.Model.deserialize(str(fil_repository / "random_forest" / "1" / "checkpoint.tl"))
     assert (model.num_tree, model.num_feature) == (50, 5)
-    probe = sources._probe_inputs(demo_model.estimator, 5, n_rows=3000)
+    probe = probes.probe_rows(demo_model.estimator, demo_model.feature_names).rows
     for X in (demo_model.X_val, probe):
         X = np.asarray(X, dtype=np.float32)
         actual = treelite.gtil.predict(model, X).reshape(-1)
