@@ -51,6 +51,12 @@ class Target:
     model: str
     input_name: str
     output_name: str
+    datatype: str = "FP32"  # the input's Triton datatype (FP64 for a pipeline that computes in float64)
+
+    def payload(self, rows: np.ndarray) -> np.ndarray:
+        from ..signature import numpy_dtype
+
+        return np.ascontiguousarray(rows, dtype=numpy_dtype(self.datatype))
 
 
 @dataclass
@@ -91,13 +97,14 @@ def wrk_path() -> str | None:
 
 
 def http_binary_body(target: Target, rows: np.ndarray) -> tuple[bytes, int]:
-    """Triton's binary tensor extension: a JSON header, then the raw FP32 bytes; output asked back in binary."""
+    """Triton's binary tensor extension: a JSON header, then the raw input bytes; output asked back in binary."""
+    data = target.payload(rows)
     header = json.dumps({
-        "inputs": [{"name": target.input_name, "shape": list(rows.shape), "datatype": "FP32",
-                    "parameters": {"binary_data_size": rows.nbytes}}],
+        "inputs": [{"name": target.input_name, "shape": list(rows.shape), "datatype": target.datatype,
+                    "parameters": {"binary_data_size": data.nbytes}}],
         "outputs": [{"name": target.output_name, "parameters": {"binary_data": True}}],
     }).encode()
-    return header + np.ascontiguousarray(rows, dtype=np.float32).tobytes(), len(header)
+    return header + data.tobytes(), len(header)
 
 
 def run_wrk(target: Target, rows: np.ndarray, concurrency: int, duration_s: float, *, warmup_s: float = 0.5,
@@ -141,8 +148,8 @@ def run_http_aio(target: Target, rows: np.ndarray, concurrency: int, duration_s:
 
     async def main():
         client = aiohttpclient.InferenceServerClient(target.http, conn_limit=concurrency)
-        tensor = aiohttpclient.InferInput(target.input_name, list(rows.shape), "FP32")
-        tensor.set_data_from_numpy(rows, binary_data=True)
+        tensor = aiohttpclient.InferInput(target.input_name, list(rows.shape), target.datatype)
+        tensor.set_data_from_numpy(target.payload(rows), binary_data=True)
         outputs = [aiohttpclient.InferRequestedOutput(target.output_name, binary_data=True)]
 
         async def one():
@@ -164,9 +171,9 @@ def run_grpc(target: Target, rows: np.ndarray, concurrency: int, duration_s: flo
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
     request = service_pb2.ModelInferRequest(model_name=target.model)
-    tensor = request.inputs.add(name=target.input_name, datatype="FP32", shape=list(rows.shape))
+    tensor = request.inputs.add(name=target.input_name, datatype=target.datatype, shape=list(rows.shape))
     del tensor  # the data travels in raw_input_contents
-    request.raw_input_contents.append(np.ascontiguousarray(rows, dtype=np.float32).tobytes())
+    request.raw_input_contents.append(target.payload(rows).tobytes())
     request.outputs.add(name=target.output_name)
     expected_bytes = len(rows) * 4
 
