@@ -130,7 +130,12 @@ def _selects_features(step) -> bool:
 
 def _unsupported_setting(step) -> str | None:
     from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import KBinsDiscretizer, PolynomialFeatures
 
+    if isinstance(step, KBinsDiscretizer) and step.encode != "ordinal":
+        return f"encode={step.encode!r} is not supported; use encode='ordinal' (the forest needs no one-hot bins)"
+    if isinstance(step, PolynomialFeatures) and step._min_degree > 1:
+        return "a minimum degree above 1 is not supported; use degree=N"
     if isinstance(step, SimpleImputer):
         if getattr(step, "add_indicator", False):
             return "add_indicator=True is not supported; add a MissingIndicator step or drop the option"
@@ -192,8 +197,6 @@ def convert_kbins_discretizer(scope, operator, container) -> None:
     from onnx import TensorProto
 
     step = operator.raw_operator
-    if step.encode != "ordinal":
-        raise ExportError(f"KBinsDiscretizer(encode={step.encode!r}) is not supported; use encode='ordinal'")
     g = _Graph(scope, container)
     features = _features(scope, operator, container)
     bins = []
@@ -213,8 +216,6 @@ def convert_polynomial_features(scope, operator, container) -> None:
     """PolynomialFeatures in float64, each product built in sklearn's own order (the degree d-1 block
     times one feature), so every output has the bits sklearn computes."""
     step = operator.raw_operator
-    if step._min_degree > 1:
-        raise ExportError("PolynomialFeatures with a minimum degree above 1 is not supported; use degree=N")
     g = _Graph(scope, container)
     X = _features(scope, operator, container)
     n = int(step.n_features_in_)

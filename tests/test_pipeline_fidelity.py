@@ -206,7 +206,7 @@ def test_numeric_columns_selected_by_name_are_served_one_input_per_column(tmp_pa
 @pytest.mark.parametrize("estimator, message", [
     (make_pipeline(PowerTransformer(), RandomForestRegressor(3)), "PowerTransformer cannot be served exactly: scipy"),
     (make_pipeline(SimpleImputer(add_indicator=True), RandomForestRegressor(3)), "SimpleImputer: add_indicator=True"),
-    (make_pipeline(KBinsDiscretizer(encode="onehot-dense"), RandomForestRegressor(3)), "KBinsDiscretizer(encode="),
+    (make_pipeline(KBinsDiscretizer(encode="onehot-dense"), RandomForestRegressor(3)), "KBinsDiscretizer: encode='onehot-dense' is not supported"),
     (make_pipeline(PolynomialFeatures(), MinMaxScaler(), __import__("sklearn.decomposition", fromlist=["x"]).TruncatedSVD(2),
                    RandomForestRegressor(3)), "TruncatedSVD is not a step rf-triton exports exactly"),
 ], ids=["power", "indicator", "kbins-onehot", "unsupported"])
