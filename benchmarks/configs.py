@@ -10,21 +10,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from ..export.triton_config import CONFIG_FILENAME, ServingOptions, build_config, read_config, write_config
-from ..signature import Signature, from_config
-
-
-def graph_of(config: mc.ModelConfig) -> Signature:
-    """The signature a config already declares, read back the way the client reads a served config."""
-    return from_config(json_format.MessageToDict(config, preserving_proto_field_name=True))
+from ..export.triton_config import ServingOptions, build_config
+from ..repository import CONFIG_FILENAME, instance_count, read_config, signature_of, write_config
 
 
 def retune(config: mc.ModelConfig, options: ServingOptions, *, dynamic_batching: bool = True) -> mc.ModelConfig:
     """`config` with `options` applied as export applies them; without dynamic batching if asked."""
-    updated = build_config(config.name, graph_of(config), options, {}, existing=config)
+    updated = build_config(config.name, signature_of(config), options, {}, existing=config)
     if not dynamic_batching:
         updated.ClearField("dynamic_batching")
     return updated
@@ -52,7 +46,7 @@ def variant_repository(repository: Path, model: str, target: Path, options: Serv
 
 def describe(config: mc.ModelConfig) -> str:
     """'2 inst, batching ≤100 µs' — what a table row needs to say about the serving config."""
-    instances = sum(group.count for group in config.instance_group) or 2
+    instances = instance_count(config)
     if not config.HasField("dynamic_batching"):
         return f"{instances} inst, no batching"
     batching = config.dynamic_batching

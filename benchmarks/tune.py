@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.triton_config import CONFIG_FILENAME, ServingOptions
+from ..export.triton_config import ServingOptions
 from ..prometheus import ServerBreakdown, try_scrape
 from ..errors import first_line
+from ..repository import CONFIG_FILENAME
 from ..serve.server import EmbeddedTriton
 from . import configs, loadgen
 
