@@ -103,8 +103,9 @@ def _first_error(exc: ValidationError) -> str:
     text = error["msg"].removeprefix("Value error, ")
     if not error["loc"]:
         return text
-    field = ServingOptions.model_fields[str(error["loc"][0])]
-    option = field.title or str(error["loc"][0])
+    name = str(error["loc"][0])
+    field = ServingOptions.model_fields.get(name)
+    option = field.title if field is not None and field.title else name
     if text.startswith("Input should be"):
         return f"{option.split(' ')[0]} must be{text[len('Input should be'):]}{option[len(option.split(' ')[0]):]}"
     return text if option.split(" ")[0] in text else f"{option}: {text}"

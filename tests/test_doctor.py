@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rf_triton.cli import app
-from rf_triton.export.triton_config import read_config, write_config
+from rf_triton.repository import read_config, write_config
 from rf_triton.serve.doctor import FAIL, OK, check_python
 from rf_triton.serve.server import free_ports
 

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from rf_triton.cli import app
 from rf_triton.export import repository as repo_module
-from rf_triton.export.triton_config import feature_names, read_config
+from rf_triton.repository import feature_names, read_config
 
 runner = CliRunner()
 

@@ -26,7 +26,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from rf_triton.export import fil, parity, sources
 from rf_triton.export.errors import ExportError
 from rf_triton.export.parity import relative_errors
-from rf_triton.export.triton_config import feature_names, read_config
+from rf_triton.repository import feature_names, read_config
 from rf_triton.serve import runtime_repository
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from rf_triton.export import onnx_convert, parity, sources
 from rf_triton.export.pipeline import export_model
-from rf_triton.export.triton_config import feature_names, read_config
+from rf_triton.repository import feature_names, read_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ import hashlib
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from rf_triton.export.triton_config import read_config, write_config
+from rf_triton.repository import read_config, write_config
 from rf_triton.serve import runtime_repository
 from rf_triton.serve.runtime_repository import RepositoryError, derive
 

@@ -5,7 +5,7 @@
   as Triton derives them (:mod:`.config`);
 - per-version facts in each version's metadata.json only;
 - the rules a model folder must satisfy, with their messages and fixes (:mod:`.validation`);
-- publishing a version whole, under a lock (:mod:`.publish`).
+- publishing a version whole, under a lock (:mod:`.publishing`).
 """
 
 from .config import (
@@ -17,7 +17,7 @@ from .layout import (
     CONFIG_FILENAME, FIL_FILENAME, LOCK_FILENAME, METADATA_FILENAME, MODEL_FILENAMES, ONNX_FILENAME, PYTHON_FILENAME,
     check_model_name, model_dirs, model_filename, next_version, versions,
 )
-from .publish import Published, publish, reading
+from .publishing import Published, publish, reading
 from .validation import CONFIG, GRAPH, VERSIONS, Problem, complete_versions, mismatches, validate
 
 __all__ = [
