@@ -82,6 +82,7 @@ def test_committed_repository_is_what_the_exporter_writes(demo_model, tmp_path):
     written = json.loads((fresh_dir / "1" / "metadata.json").read_text())
     for metadata in (committed, written):
         metadata.pop("created_at")
+        metadata.pop("versions")  # the tools this install resolved: a newer sklearn must not fail this test
     # sklearn's threaded predict sums trees in any order: the last bits of the errors may move
     parities = written.pop("parity"), committed.pop("parity")
     assert parities[0].pop("checked_with") == parities[1].pop("checked_with")

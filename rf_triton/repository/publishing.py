@@ -75,9 +75,9 @@ def _publish_locked(model_dir: Path, signature: Signature, make_config, version_
     shared_files_written = False
     try:
         existing = read_config(config_path) if config_path.is_file() else None
+        config = make_config(existing)  # refuses what the model cannot become (another backend)
         if existing is not None:
             check_same_signature(model_dir.name, existing, signature)
-        config = make_config(existing)
         version = version if version is not None else next_version(model_dir)
         version_dir = model_dir / str(version)
         if version_dir.exists():
