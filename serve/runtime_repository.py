@@ -208,4 +208,6 @@ def _update_in_place(model_dir: Path, target: Path) -> None:
     for stale in [p for p in target.iterdir() if p.is_dir() and p.name not in new_versions]:
         shutil.rmtree(stale)
     for model_file in sorted(p for p in model_dir.iterdir() if p.is_file()):  # config, labels
-        os.replace(model_file, target / model_file.name)
+        current = target / model_file.name
+        if not current.is_file() or current.read_bytes() != model_file.read_bytes():
+            os.replace(model_file, current)  # unchanged files keep their times: Triton reloads on change only

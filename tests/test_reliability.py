@@ -391,7 +391,8 @@ def test_one_broken_model_fails_alone_and_the_others_keep_loading(demo_repositor
         write_config(repository / name / "config.pbtxt", config)
     server = server_factory(repository, watch_interval_s=0.2)
     good_runtime = server.runtime.path / "good"
-    folders = {path: path.stat().st_ino for path in (good_runtime, good_runtime / "1")}
+    # folders and files as inodes: a removal, a re-creation or a replacement shows as a new one
+    folders = {path: path.stat().st_ino for path in (good_runtime, good_runtime / "1", good_runtime / "config.pbtxt")}
 
     broken_config = repository / "broken" / "config.pbtxt"
     broken_config.write_bytes(b"\xff\xfe" + broken_config.read_bytes())  # not UTF-8
@@ -406,7 +407,7 @@ def test_one_broken_model_fails_alone_and_the_others_keep_loading(demo_repositor
     export_model(demo_model, repository, name="good")  # a new version of the good model is still mirrored
     wait_until(lambda: sorted(p.name for p in good_runtime.iterdir() if p.is_dir()) == ["1", "2"],
                what="version 2 of the good model to be mirrored")
-    assert {path: path.stat().st_ino for path in folders} == folders, "the good model's runtime folder was replaced"
+    assert {path: path.stat().st_ino for path in folders} == folders, "the good model's runtime files were replaced"
 
     runner = CliRunner()
     loaded = runner.invoke(app, ["models", "load", "good", "--url", server.endpoints.http])
