@@ -1,7 +1,7 @@
 """Serving variants of one model for the benchmark and the tuner, written through export's protobuf path.
 
-A variant is a copy of the model's folder whose config.pbtxt went through read_config →
-build_config(existing=...) → write_config, exactly as `rf-triton export` updates a config, so a
+A variant is a copy of the model's folder whose config.pbtxt went through build_config(existing=...)
+under the publish lock (rf_triton.repository), exactly as `rf-triton export` updates a config, so a
 variant differs from the canonical config only in the options named.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from ..export.triton_config import ServingOptions, build_config
-from ..repository import CONFIG_FILENAME, instance_count, read_config, signature_of, write_config
+from ..repository import CONFIG_FILENAME, instance_count, signature_of, update_config
 
 
 def retune(config: mc.ModelConfig, options: ServingOptions, *, dynamic_batching: bool = True) -> mc.ModelConfig:
@@ -25,11 +25,8 @@ def retune(config: mc.ModelConfig, options: ServingOptions, *, dynamic_batching:
 
 
 def rewrite_config(model_dir: Path, options: ServingOptions, *, dynamic_batching: bool = True) -> mc.ModelConfig:
-    """Apply `options` to model_dir/config.pbtxt in place (atomically) and return the new config."""
-    path = model_dir / CONFIG_FILENAME
-    config = retune(read_config(path), options, dynamic_batching=dynamic_batching)
-    write_config(path, config)
-    return config
+    """Apply `options` to model_dir/config.pbtxt in place (atomically, under the publish lock)."""
+    return update_config(model_dir, lambda config: retune(config, options, dynamic_batching=dynamic_batching))
 
 
 def variant_repository(repository: Path, model: str, target: Path, options: ServingOptions, *,

@@ -145,6 +145,6 @@ def best(results: list[TuneResult], p99_budget_ms: float) -> TuneResult | None:
 
 
 def apply(repository: Path, model: str, candidate: Candidate) -> Path:
-    """Write the chosen batching (and threads, when swept) into the canonical config.pbtxt (read_config → build_config → write_config)."""
+    """Write the chosen batching (and threads, when swept) into the canonical config.pbtxt, as export updates it (under the publish lock)."""
     configs.rewrite_config(repository / model, candidate.options())
     return repository / model / CONFIG_FILENAME

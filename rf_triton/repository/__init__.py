@@ -17,7 +17,7 @@ from .layout import (
     CONFIG_FILENAME, FIL_FILENAME, LOCK_FILENAME, METADATA_FILENAME, MODEL_FILENAMES, ONNX_FILENAME, PYTHON_FILENAME,
     check_model_name, model_dirs, model_filename, next_version, versions,
 )
-from .publishing import Published, publish, reading
+from .publishing import Published, publish, reading, update_config
 from .validation import CONFIG, GRAPH, VERSIONS, Problem, complete_versions, mismatches, validate
 
 __all__ = [
@@ -25,6 +25,6 @@ __all__ = [
     "MODEL_FILENAMES", "ONNX_FILENAME", "PER_VERSION_PARAMETERS", "PYTHON_FILENAME", "Problem", "Published",
     "RepositoryError", "VERSIONS", "check_model_name", "check_same_signature", "complete_versions", "feature_names",
     "from_json_config", "instance_count", "instance_groups_on_cpu_host", "mismatches", "model_dirs", "model_filename",
-    "next_version", "publish", "read_config", "reading", "set_signature", "signature_of", "to_text", "validate",
-    "versions", "write_config",
+    "next_version", "publish", "read_config", "reading", "set_signature", "signature_of", "to_text", "update_config",
+    "validate", "versions", "write_config",
 ]

@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 from tritonclient.grpc import model_config_pb2 as mc
 
 from ..signature import Signature
-from .config import check_same_signature, read_config, to_text
+from .config import check_same_signature, read_config, signature_of, to_text
 from .errors import RepositoryError
 from .files import fsync_folder, replace_atomically, write_durably
 from .layout import CONFIG_FILENAME, LOCK_FILENAME, STAGING_PREFIX, check_model_name, next_version
@@ -107,6 +107,24 @@ def _publish_locked(model_dir: Path, signature: Signature, make_config, version_
     with suppress(OSError):  # published either way; this only hastens the rename to disk
         fsync_folder(model_dir)
     return Published(version, version_dir, config_path, config)
+
+
+def update_config(model_dir: Path, change: Callable[[mc.ModelConfig], mc.ModelConfig]) -> mc.ModelConfig:
+    """Rewrite a model's config in place (`rf-triton tune --apply`), under the publish lock.
+
+    `change` gets the config as it is now; what it returns must keep the model's signature."""
+    config_path = model_dir / CONFIG_FILENAME
+    if not config_path.is_file():
+        raise RepositoryError(f"no {CONFIG_FILENAME} in {model_dir}")
+    try:
+        with _exclusive(model_dir):
+            existing = read_config(config_path)
+            config = change(existing)
+            check_same_signature(model_dir.name, existing, signature_of(config))
+            replace_atomically(config_path, to_text(config).encode())
+    except OSError as exc:
+        raise RepositoryError(f"cannot rewrite {config_path}: {_reason(exc)}") from None
+    return config
 
 
 def _restore(model_dir: Path, previous: bytes | None, replaced: dict[str, bytes], written: dict[str, bytes]) -> None:
