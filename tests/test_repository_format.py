@@ -379,3 +379,32 @@ def test_the_embedded_twin_runs_the_instances_the_container_would(groups, instan
     assert [g.kind for g in twin.instance_group] == [mc.ModelInstanceGroup.KIND_CPU] * max(1, len(groups))
     assert sum(g.count for g in twin.instance_group) == instances == repository.instance_count(config)
     assert all(g.count >= 1 for g in twin.instance_group)  # the Python backend's own default (1) never applies
+
+
+# -- readers wait for a publish in progress -------------------------------------------------------------
+
+
+def test_the_mirror_leaves_a_model_alone_while_it_is_being_published(demo_model, demo_repository, tmp_path,
+                                                                   monkeypatch):
+    """The embedded server's mirror takes the publish lock shared: a model held by a publisher longer
+    than the wait is left as it was (pending), and mirrored once the publisher is done."""
+    import fcntl
+
+    from rf_triton.repository import publishing
+    from rf_triton.serve import runtime_repository
+
+    canonical = tmp_path / "canonical"
+    export_model(demo_model, canonical)
+    runtime = tmp_path / "runtime"
+    runtime_repository.derive(canonical, runtime)
+    before = snapshot(runtime)
+    monkeypatch.setattr(publishing, "SHARED_LOCK_TIMEOUT_S", 0.2)
+    with open(canonical / MODEL / LOCK_FILENAME) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        (canonical / MODEL / "config.pbtxt").unlink()  # a publisher's half-done state, as the mirror must not see it
+        pending = runtime_repository.sync(canonical, runtime)
+        assert pending.pending == [MODEL] and pending.broken == {}
+        assert snapshot(runtime) == before
+        write_config(canonical / MODEL / "config.pbtxt", read_config(demo_repository / MODEL / "config.pbtxt"))
+    mirrored = runtime_repository.sync(canonical, runtime)
+    assert mirrored.pending == [] and mirrored.models == {MODEL: [1]}

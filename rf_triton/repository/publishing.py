@@ -170,7 +170,7 @@ def _exclusive(model_dir: Path) -> Iterator[None]:
 
 
 @contextmanager
-def reading(model_dir: Path, timeout_s: float = SHARED_LOCK_TIMEOUT_S) -> Iterator[bool]:
+def reading(model_dir: Path, timeout_s: float | None = None) -> Iterator[bool]:
     """Hold the model's publish lock shared while reading it; yields False if a publish outlasts `timeout_s`.
 
     The repository is only read: without a lock file (never published here, or read-only) there is
@@ -181,7 +181,7 @@ def reading(model_dir: Path, timeout_s: float = SHARED_LOCK_TIMEOUT_S) -> Iterat
         yield True
         return
     try:
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + (SHARED_LOCK_TIMEOUT_S if timeout_s is None else timeout_s)
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
