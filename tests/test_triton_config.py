@@ -7,7 +7,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from rf_triton.export.errors import ExportError
 from rf_triton.export.triton_config import DEFAULTS, ServingOptions, build_config, parse_version_policy
 from rf_triton.repository import RepositoryError, feature_names, read_config, signature_of, to_text, write_config
-from rf_triton.signature import SIGNATURE_PARAMETER, Signature, Tensor
+from rf_triton.signature import Signature, Tensor
 
 GRAPH = Signature("regression", (Tensor("X", "FP32", (5,)),), (Tensor("variable", "FP32", (1,)),),
                   ("a", "b", "c", "d", "e"))

@@ -7,7 +7,6 @@ version (the tools that wrote it, scores, parity) lives in that version's metada
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from google.protobuf import json_format, text_format
