@@ -15,13 +15,13 @@ import platform
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..export.triton_config import CONFIG_FILENAME, ONNX_FILENAME, ServingOptions, read_config
-from ..export.repository import versions
+from ..export.triton_config import ServingOptions
+from ..repository import CONFIG_FILENAME, instance_count, model_filename, read_config, versions
 from ..prometheus import ServerBreakdown, try_scrape
 from ..serve.server import EmbeddedTriton
 from . import configs, inprocess, loadgen
@@ -129,7 +129,7 @@ def run_bench(options: BenchOptions, log=print) -> BenchReport:
     model_dir = options.repository / options.model
     canonical = read_config(model_dir / CONFIG_FILENAME)
     latest = max(versions(model_dir))
-    onnx_path = model_dir / str(latest) / (canonical.default_model_filename or ONNX_FILENAME)
+    onnx_path = model_dir / str(latest) / model_filename(canonical)
     n_features = int(canonical.input[0].dims[0])
     input_name, output_name = canonical.input[0].name, canonical.output[0].name
     intra = int(canonical.parameters["intra_op_thread_count"].string_value or 1) if "intra_op_thread_count" in canonical.parameters else 1
@@ -159,9 +159,9 @@ def run_bench(options: BenchOptions, log=print) -> BenchReport:
     for scenario in scenarios(options):
         with tempfile.TemporaryDirectory(prefix="rf-triton-bench-") as tmp:
             config = configs.variant_repository(options.repository, options.model, Path(tmp) / "repo",
-                                                replace(scenario.options, max_batch_size=max_batch),
+                                                scenario.options.model_copy(update={"max_batch_size": max_batch}),
                                                 dynamic_batching=scenario.batching)
-            instances = sum(g.count for g in config.instance_group) or 2
+            instances = instance_count(config)
             serving[scenario.name] = configs.describe(config) + f", max_batch_size {config.max_batch_size}"
             log(f"{scenario.name}: {serving[scenario.name]}")
             server = EmbeddedTriton.on_free_ports(Path(tmp) / "repo", extra_args=options.extra_server_args)

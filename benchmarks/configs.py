@@ -1,7 +1,7 @@
 """Serving variants of one model for the benchmark and the tuner, written through export's protobuf path.
 
-A variant is a copy of the model's folder whose config.pbtxt went through read_config →
-build_config(existing=...) → write_config, exactly as `rf-triton export` updates a config, so a
+A variant is a copy of the model's folder whose config.pbtxt went through build_config(existing=...)
+under the publish lock (rf_triton.repository), exactly as `rf-triton export` updates a config, so a
 variant differs from the canonical config only in the options named.
 """
 
@@ -10,32 +10,23 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from ..export.triton_config import CONFIG_FILENAME, ServingOptions, build_config, read_config, write_config
-from ..signature import Signature, from_config
-
-
-def graph_of(config: mc.ModelConfig) -> Signature:
-    """The signature a config already declares, read back the way the client reads a served config."""
-    return from_config(json_format.MessageToDict(config, preserving_proto_field_name=True))
+from ..export.triton_config import ServingOptions, build_config
+from ..repository import CONFIG_FILENAME, instance_count, signature_of, update_config
 
 
 def retune(config: mc.ModelConfig, options: ServingOptions, *, dynamic_batching: bool = True) -> mc.ModelConfig:
     """`config` with `options` applied as export applies them; without dynamic batching if asked."""
-    updated = build_config(config.name, graph_of(config), options, {}, existing=config)
+    updated = build_config(config.name, signature_of(config), options, {}, existing=config)
     if not dynamic_batching:
         updated.ClearField("dynamic_batching")
     return updated
 
 
 def rewrite_config(model_dir: Path, options: ServingOptions, *, dynamic_batching: bool = True) -> mc.ModelConfig:
-    """Apply `options` to model_dir/config.pbtxt in place (atomically) and return the new config."""
-    path = model_dir / CONFIG_FILENAME
-    config = retune(read_config(path), options, dynamic_batching=dynamic_batching)
-    write_config(path, config)
-    return config
+    """Apply `options` to model_dir/config.pbtxt in place (atomically, under the publish lock)."""
+    return update_config(model_dir, lambda config: retune(config, options, dynamic_batching=dynamic_batching))
 
 
 def variant_repository(repository: Path, model: str, target: Path, options: ServingOptions, *,
@@ -52,7 +43,7 @@ def variant_repository(repository: Path, model: str, target: Path, options: Serv
 
 def describe(config: mc.ModelConfig) -> str:
     """'2 inst, batching ≤100 µs' — what a table row needs to say about the serving config."""
-    instances = sum(group.count for group in config.instance_group) or 2
+    instances = instance_count(config)
     if not config.HasField("dynamic_batching"):
         return f"{instances} inst, no batching"
     batching = config.dynamic_batching

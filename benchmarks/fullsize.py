@@ -116,7 +116,7 @@ def export_child(model_path: Path, repository: Path) -> dict:
 
 
 def served_config(repository: Path, model: str) -> dict:
-    from ..export.triton_config import CONFIG_FILENAME, read_config
+    from ..repository import CONFIG_FILENAME, read_config
     from . import configs
 
     config = read_config(repository / model / CONFIG_FILENAME)
@@ -188,7 +188,7 @@ def by_configuration(points: list[dict]) -> list[dict]:
 
 def ceiling_repository(demo_repository: Path, target: Path) -> None:
     """The demo forest next to the no-work model with the same serving config, Python backend."""
-    from ..export.triton_config import CONFIG_FILENAME, read_config, write_config
+    from ..repository import CONFIG_FILENAME, read_config, write_config
     from ..serve.runtime_repository import python_backend_config
 
     shutil.copytree(demo_repository / DEMO_MODEL, target / DEMO_MODEL, ignore=shutil.ignore_patterns(".*"))

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.triton_config import CONFIG_FILENAME, ServingOptions
+from ..export.triton_config import ServingOptions
 from ..prometheus import ServerBreakdown, try_scrape
 from ..errors import first_line
+from ..repository import CONFIG_FILENAME
 from ..serve.server import EmbeddedTriton
 from . import configs, loadgen
 
@@ -144,6 +145,6 @@ def best(results: list[TuneResult], p99_budget_ms: float) -> TuneResult | None:
 
 
 def apply(repository: Path, model: str, candidate: Candidate) -> Path:
-    """Write the chosen batching (and threads, when swept) into the canonical config.pbtxt (read_config → build_config → write_config)."""
+    """Write the chosen batching (and threads, when swept) into the canonical config.pbtxt, as export updates it (under the publish lock)."""
     configs.rewrite_config(repository / model, candidate.options())
     return repository / model / CONFIG_FILENAME

@@ -28,6 +28,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .. import repository
 from ..errors import first_line
 from .client import FP32_MAX, ClientError, InferenceError, InputError, RandomForestClient
 
@@ -118,11 +119,9 @@ def model_columns(client: RandomForestClient) -> ModelColumns:
 
 
 def instance_count(client: RandomForestClient) -> int:
-    """How many model instances the server runs: the sum of the config's instance_group counts."""
+    """How many model instances the server runs, Triton's defaults applied to what the config leaves out."""
     config = client._call("get_model_config", client.model, client.version)
-    config = config.get("config", config)  # gRPC wraps the config, HTTP does not
-    groups = config.get("instance_group") or [{}]
-    return max(1, sum(int(g.get("count", 1)) for g in groups))
+    return repository.instance_count(repository.from_json_config(config.get("config", config)))  # gRPC wraps it
 
 
 def output_names(client: RandomForestClient, proba: bool) -> list[str]:

@@ -40,7 +40,7 @@ def single_row(client: RandomForestClient) -> float:
 
 
 def dataframe(client: RandomForestClient) -> None:
-    """Columns are matched to the model's feature names (config.pbtxt's feature_names), in any order."""
+    """Columns are matched to the model's feature names (config.pbtxt's signature parameter), in any order."""
     names = client.feature_names or [f"x{i}" for i in range(client.n_features)]
     frame = pd.DataFrame(SAMPLE_ROWS, columns=names)[names[::-1]]
     print(f"dataframe columns, in the frame's order: {', '.join(frame.columns)}")

@@ -9,12 +9,11 @@ import typer
 from rich.console import Console
 
 from ..errors import fail
+from ..repository import read_config
 from . import sources
 from .errors import ExportError
 from .pipeline import DEFAULT_FORMAT, DEFAULT_MODEL_NAME, DEFAULT_TOLERANCE, FORMATS, export_model
-from .triton_config import (
-    BOUNDED_QUEUE_WARNING, DEFAULTS, FIL_DEFAULTS, KINDS, ServingOptions, read_config, stalls_batcher,
-)
+from .triton_config import BOUNDED_QUEUE_WARNING, DEFAULTS, FIL_DEFAULTS, KINDS, ServingOptions, stalls_batcher
 
 app = typer.Typer()
 console = Console(stderr=True)
@@ -99,15 +98,15 @@ def export(
         if version_policy is not None:
             raise fail("give either --serve-versions or --version-policy, not both")
         version_policy = "all" if serve_versions.strip() == "all" else f"specific:{serve_versions.strip()}"
-    options = ServingOptions(
-        max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
-        preferred_batch_sizes=tuple(preferred_batch_size) if preferred_batch_size else None,
-        instances=instances, kind=kind.lower() if kind else None, version_policy=version_policy,
-        intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads, max_queue_size=max_queue_size,
-        queue_timeout_us=queue_timeout_us, allow_timeout_override=allow_timeout_override,
-        priority_levels=priority_levels,
-    )
     try:
+        options = ServingOptions(
+            max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
+            preferred_batch_sizes=tuple(preferred_batch_size) if preferred_batch_size else None,
+            instances=instances, kind=kind.lower() if kind else None, version_policy=version_policy,
+            intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads, max_queue_size=max_queue_size,
+            queue_timeout_us=queue_timeout_us, allow_timeout_override=allow_timeout_override,
+            priority_levels=priority_levels,
+        )
         with console.status("Preparing the model"):
             if model is not None:
                 trained = sources.load_pickled(model)

@@ -6,17 +6,19 @@ Nothing is written unless every step before the write succeeded.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 from rich.console import Console
 
+from .. import repository
 from ..signature import CLASSIFICATION, LABELS_FILENAME, Signature, classes_to_json
-from . import fil, onnx_convert, parity, repository, sources, triton_config
+from . import fil, onnx_convert, parity, sources, triton_config
 from .errors import ExportError
 from .parity import ParityReport
 from .triton_config import ServingOptions
@@ -65,9 +67,10 @@ def export_model(trained: sources.TrainedModel, repository_path: Path, *, name: 
     fmt = FORMATS[model_format]
     if not tolerance > 0:
         raise ExportError("--tolerance must be > 0")
-    triton_config.validate(options)
-    config_path = repository_path / name / triton_config.CONFIG_FILENAME
-    existing = triton_config.read_config(config_path) if config_path.is_file() else None
+    try:
+        repository.check_model_name(name)
+    except repository.RepositoryError as exc:
+        raise ExportError(str(exc)) from None
     own_rows = sources.read_rows(parity_data, trained) if parity_data is not None else None
 
     with _status(console, fmt.converting):
@@ -85,19 +88,28 @@ def export_model(trained: sources.TrainedModel, repository_path: Path, *, name: 
         raise ExportError(f"parity check failed: {report.failure()}; nothing written")
 
     metadata = _metadata(trained, report, graph, model_format, fmt)
-    if (existing is None and fmt.backend.ort_threads and options.intra_op_threads is None
-            and metadata["n_nodes"] >= triton_config.LARGE_FOREST_NODES):
-        options = replace(options, intra_op_threads=0)
-        if console:
-            console.print(f"{metadata['n_nodes']:,} nodes: ONNX Runtime gets every core (--intra-op-threads 0)")
-    parameters = {**graph.config_parameters(), **fmt.converter.config_parameters(graph),
-                  **_tool_parameters(metadata)}
-    config = triton_config.build_config(name, graph, options, parameters, existing, fmt.backend)
+
+    def make_config(existing):
+        chosen = options
+        if (existing is None and fmt.backend.ort_threads and options.intra_op_threads is None
+                and metadata["n_nodes"] >= triton_config.LARGE_FOREST_NODES):
+            chosen = options.model_copy(update={"intra_op_threads": 0})
+            if console:
+                console.print(f"{metadata['n_nodes']:,} nodes: ONNX Runtime gets every core (--intra-op-threads 0)")
+        return triton_config.build_config(name, graph, chosen, fmt.converter.config_parameters(graph), existing,
+                                          fmt.backend)
+
+    version_files = {fmt.backend.model_filename: model_bytes,
+                     repository.METADATA_FILENAME: (json.dumps(metadata, indent=2) + "\n").encode()}
     model_files = {LABELS_FILENAME: graph.labels_file().encode()} if graph.is_classifier else {}
     with _status(console, f"Writing {repository_path / name}"):
-        version_dir = repository.write_version(repository_path, name, version, fmt.backend.model_filename,
-                                               model_bytes, metadata, config, model_files)
-    return ExportResult(version_dir, config_path, report, metadata, time.perf_counter() - started)
+        try:
+            published = repository.publish(repository_path, name, graph, make_config, version_files,
+                                           model_files=model_files, version=version)
+        except repository.RepositoryError as exc:
+            raise ExportError(str(exc)) from None
+    return ExportResult(published.version_dir, published.config_path, report, metadata,
+                        time.perf_counter() - started)
 
 
 def parity_rows(trained: sources.TrainedModel, own_rows=None):
@@ -158,16 +170,6 @@ def _metadata(trained: sources.TrainedModel, parity: ParityReport, graph: Signat
     if trained.task == CLASSIFICATION:
         metadata["classes"] = classes_to_json(trained.classes)
     return metadata
-
-
-def _tool_parameters(metadata: dict) -> dict[str, str]:
-    """The versions a client can read back through the model config."""
-    versions = metadata["versions"]
-    parameters = {"sklearn_version": versions["scikit-learn"]}
-    for tool in ("skl2onnx", "treelite"):  # the converter that wrote the model file
-        if tool in versions:
-            parameters[f"{tool}_version"] = versions[tool]
-    return parameters
 
 
 def _status(console: Console | None, message: str):

@@ -1,8 +1,11 @@
 """What a served forest takes and gives back: the contract between export, the servers and the client.
 
-Export writes it into config.pbtxt (the inputs, the outputs, and the `task` / `classes` /
-`feature_names` parameters); the embedded server and the client read it back from there, so every
-step agrees on one description of the model whatever backend serves it.
+Export writes it into config.pbtxt: the inputs and outputs as Triton's tensors, and the whole
+signature as one JSON parameter (`signature`), which every version of the model shares; the
+embedded server and the client read it back from there, so every step agrees on one description of
+the model whatever backend serves it. Configs written before that parameter existed carry the
+signature in separate parameters (`task`, `classes`, `feature_names`, `known_categories`): they
+are still read.
 
 - Inputs: one matrix (`X`, dims [n_features]) for numeric models, or one input per original
   DataFrame column (dims [1], BYTES for strings) for pipelines fitted on a DataFrame that select
@@ -24,11 +27,14 @@ from typing import Any
 REGRESSION = "regression"
 CLASSIFICATION = "classification"
 
-# config.pbtxt parameters (string values) that carry the signature beyond the tensors.
+# The config.pbtxt parameter (a string value) that carries the whole signature as JSON.
+SIGNATURE_PARAMETER = "signature"
+# The separate parameters of older configs, read when SIGNATURE_PARAMETER is absent.
 TASK_PARAMETER = "task"
 CLASSES_PARAMETER = "classes"
 FEATURE_NAMES_PARAMETER = "feature_names"
 CATEGORIES_PARAMETER = "known_categories"
+LEGACY_PARAMETERS = (TASK_PARAMETER, CLASSES_PARAMETER, FEATURE_NAMES_PARAMETER, CATEGORIES_PARAMETER)
 LABELS_FILENAME = "labels.txt"
 
 # Triton's datatypes as the model metadata and the client name them, and numpy's for each.
@@ -95,14 +101,37 @@ class Signature:
         """Values per row: regression targets, or 1 (the label) for a classifier."""
         return 1 if self.is_classifier else int(self.outputs[0].dims[0])
 
-    def config_parameters(self) -> dict[str, str]:
-        """The part of the signature config.pbtxt carries as parameters (string values)."""
-        parameters = {TASK_PARAMETER: self.task, FEATURE_NAMES_PARAMETER: json.dumps(list(self.feature_names))}
-        if self.is_classifier:
-            parameters[CLASSES_PARAMETER] = json.dumps(classes_to_json(self.classes))
-        if self.known_categories:
-            parameters[CATEGORIES_PARAMETER] = json.dumps({c: list(v) for c, v in self.known_categories})
-        return parameters
+    def to_json(self) -> str:
+        """The whole signature as the JSON text of SIGNATURE_PARAMETER (stable: equal signatures, equal text)."""
+        def tensors(items) -> list[dict]:
+            return [{"name": t.name, "datatype": t.datatype, "dims": list(t.dims),
+                     **({"label_filename": t.label_filename} if t.label_filename else {})} for t in items]
+
+        return json.dumps({"task": self.task, "inputs": tensors(self.inputs), "outputs": tensors(self.outputs),
+                           "feature_names": list(self.feature_names), "classes": classes_to_json(self.classes),
+                           "known_categories": {c: list(v) for c, v in self.known_categories}})
+
+    @classmethod
+    def from_json(cls, text: str) -> "Signature":
+        """The inverse of to_json; ValueError (json's included) when the text is not one."""
+        try:
+            data = json.loads(text)
+
+            def tensors(items) -> tuple[Tensor, ...]:
+                return tuple(Tensor(str(t["name"]), str(t["datatype"]), tuple(int(d) for d in t["dims"]),
+                                    str(t.get("label_filename", ""))) for t in items)
+
+            return cls(str(data["task"]), tensors(data["inputs"]), tensors(data["outputs"]),
+                       tuple(str(n) for n in data["feature_names"]), tuple(data.get("classes", ())),
+                       tuple((str(c), tuple(str(v) for v in values))
+                             for c, values in data.get("known_categories", {}).items()))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a model signature: {type(exc).__name__} {exc}") from None
+
+    def differences(self, other: "Signature") -> list[str]:
+        """What differs between two signatures, field by field, in words."""
+        fields = ("task", "inputs", "outputs", "feature_names", "classes", "known_categories")
+        return [name.replace("_", " ") for name in fields if getattr(self, name) != getattr(other, name)]
 
     def unknown_categories(self, column: str, values) -> list[int]:
         """Rows of `values` (strings of `column`) that the model's encoder would refuse."""
@@ -163,10 +192,12 @@ CONFIG_DATATYPES = {"TYPE_FP32": FP32, "TYPE_FP64": FP64, "TYPE_INT64": INT64, "
 def from_config(config: dict) -> Signature:
     """The signature of a served model, from its config as Triton returns it in JSON.
 
-    Works for both protocols (gRPC's JSON gives dims as strings) and for configs written before
-    the `task` parameter existed (regressors).
+    Works for both protocols (gRPC's JSON gives dims as strings), for configs that carry the
+    signature parameter, and for older ones (separate parameters; before `task`: regressors).
     """
     parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+    if parameters.get(SIGNATURE_PARAMETER):
+        return Signature.from_json(parameters[SIGNATURE_PARAMETER])
 
     def tensors(items) -> tuple[Tensor, ...]:
         found = []

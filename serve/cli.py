@@ -98,8 +98,8 @@ def _serve_until_stopped(server: EmbeddedTriton) -> None:
             raise fail(f"tritonserver exited unexpectedly (code {server.process.poll()}):\n{server.log_tail()}")
         if server.sync_error != shown_error:
             if server.sync_error:
-                console.print(f"[yellow]warning:[/] repository changes not mirrored, loads will fail until "
-                              f"fixed: {server.sync_error}")
+                console.print(f"[yellow]warning:[/] repository changes not all mirrored (what is named fails to "
+                              f"load until fixed; the other models load): {server.sync_error}")
             else:
                 console.print("repository mirrored again")
             shown_error = server.sync_error

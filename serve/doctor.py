@@ -7,12 +7,13 @@ between them and a running server, instead of meeting the problems one by one at
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import re
 import shutil
 import subprocess
 import sys
 import sysconfig
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -24,15 +25,12 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
+from .. import repository as repo_format
 from ..backends import embeddable, served_by
-from ..errors import fail, first_line
+from ..errors import fail
 from ..export import fil, onnx_convert
-from ..export.errors import ExportError
-from ..export.repository import versions
-from ..export.triton_config import CONFIG_FILENAME, DATA_TYPES, FIL_FILENAME, ONNX_FILENAME, read_config
-from ..signature import Tensor
-from . import runtime_repository, triton_binary
-from .runtime_repository import RepositoryError
+from ..repository import CONFIG_FILENAME, MODEL_FILENAMES, RepositoryError
+from . import triton_binary
 from .server import EmbeddedTriton, ServerStartError, port_in_use
 from .triton_binary import TritonInstall, TritonNotAvailable
 
@@ -42,10 +40,8 @@ OK, FAIL, WARN = "OK", "FAIL", "WARN"
 STYLES = {OK: "green", FAIL: "bold red", WARN: "yellow"}
 SHM_MIN_FREE_MIB = 64  # the Python backend's stubs map 1 MiB regions per instance and grow them per request
 HELP_TIMEOUT_S = 30.0
-MODEL_FILENAMES = {"onnxruntime": ONNX_FILENAME, "fil": FIL_FILENAME, "python": "model.py"}
 GRAPH_READERS = {"onnxruntime": ("ONNX graph", onnx_convert.graph_tensors),
                  "fil": ("treelite checkpoint", fil.graph_tensors)}
-REEXPORT = "re-export it: rf-triton export --repository {repository} --name {name} (add --format fil for FIL)"
 
 
 @dataclass(frozen=True)
@@ -180,124 +176,69 @@ def check_shm(path: Path = Path("/dev/shm")) -> Check:
 # -- the repository ---------------------------------------------------------------------------------
 
 
-def check_config(model_dir: Path, repository: Path) -> tuple[Check, mc.ModelConfig | None]:
-    name, path = f"{model_dir.name}: config", model_dir / CONFIG_FILENAME
-    reexport = REEXPORT.format(repository=repository, name=model_dir.name)
-    if not path.is_file():
-        return Check(name, FAIL, f"no {CONFIG_FILENAME} in {model_dir}", f"restore it or {reexport}"), None
-    try:
-        config = read_config(path)
-    except ExportError as exc:
-        return Check(name, FAIL, str(exc).splitlines()[0], f"correct the line named, or {reexport}"), None
-    if config.name and config.name != model_dir.name:
-        return Check(name, FAIL, f"name {config.name!r} differs from its folder {model_dir.name!r}",
-                     f'set name: "{model_dir.name}" in {path}'), config
+def check_model(model_dir: Path) -> tuple[list[Check], mc.ModelConfig | None]:
+    """The config, versions and graph rows of one model (the repository's rules, as serve applies
+    them, plus the comparison of each model file with the config); its config when all passed."""
+    problems = repo_format.validate(model_dir, GRAPH_READERS)
+    failed = {check: [p for p in problems if p.check == check]
+              for check in (repo_format.CONFIG, repo_format.VERSIONS, repo_format.GRAPH)}
+
+    def row(check: str, ok_detail: str) -> Check:
+        found = failed[check]
+        if found:
+            return Check(f"{model_dir.name}: {check}", FAIL, "; ".join(p.detail for p in found), found[0].fix)
+        return Check(f"{model_dir.name}: {check}", OK, ok_detail)
+
+    path = model_dir / CONFIG_FILENAME
+    if failed[repo_format.CONFIG] and not _parses(path):
+        return [row(repo_format.CONFIG, "")], None
+    config = repo_format.read_config(path)
     backend = served_by(config)
     if backend not in MODEL_FILENAMES:
-        return Check(name, WARN, f"backend {backend or '(none)'}: parsed, but doctor checks only "
-                                 f"{', '.join(MODEL_FILENAMES)} models", ""), config
-    return Check(name, OK, f"parses; backend {backend}, max_batch_size {config.max_batch_size}"), config
+        config_row = Check(f"{model_dir.name}: config", WARN, f"backend {backend or '(none)'}: parsed, but doctor "
+                                                              f"checks only {', '.join(MODEL_FILENAMES)} models")
+    else:
+        config_row = row(repo_format.CONFIG, f"parses; backend {backend}, max_batch_size {config.max_batch_size}")
+    filename = repo_format.model_filename(config) or "no file name"
+    complete = repo_format.complete_versions(model_dir, config)
+    rows = [config_row, row(repo_format.VERSIONS, f"version(s) {', '.join(map(str, complete))} complete ({filename})")]
+    if failed[repo_format.VERSIONS] and not complete:
+        rows.append(Check(f"{model_dir.name}: graph", FAIL, "no complete version to compare with the config",
+                          "fix the versions first"))
+    elif backend not in GRAPH_READERS:
+        rows.append(Check(f"{model_dir.name}: graph", WARN, f"backend {backend or '(none)'}: no graph to compare "
+                                                            "with the config"))
+    else:
+        rows.append(row(repo_format.GRAPH, f"config matches the {GRAPH_READERS[backend][0]}: "
+                                           f"{_shown(config.input)} -> {_shown(config.output)}"))
+    return rows, (config if not problems else None)
 
 
-def check_versions(model_dir: Path, config: mc.ModelConfig, repository: Path) -> tuple[Check, list[int]]:
-    """Every version folder must hold a non-empty model file: Triton would fail on a half-written one."""
-    name, backend = f"{model_dir.name}: versions", served_by(config)
-    filename = config.default_model_filename or MODEL_FILENAMES.get(backend, "")
-    present = versions(model_dir)
-    if not present:
-        return Check(name, FAIL, f"no version folder in {model_dir} (e.g. {model_dir}/1)",
-                     REEXPORT.format(repository=repository, name=model_dir.name)), []
-    problems, complete = [], []
-    for version in present:
-        path = model_dir / str(version) / filename
-        if filename and not path.is_file():
-            problems.append(f"version {version} has no {filename}")
-        elif filename and path.stat().st_size == 0:
-            problems.append(f"version {version}: {filename} is empty (half-written)")
-        else:
-            complete.append(version)
-    wanted = set(config.version_policy.specific.versions) - set(present)
-    if wanted:
-        problems.append(f"version_policy names missing version(s) {', '.join(map(str, sorted(wanted)))}")
-    if problems:
-        broken = [str(model_dir / str(v)) for v in present if v not in complete]
-        fix = (f"remove the incomplete folder(s) ({' '.join(broken)}) and "
-               if broken else "") + REEXPORT.format(repository=repository, name=model_dir.name)
-        return Check(name, FAIL, "; ".join(problems), fix + " (export writes a version whole, never half)"), complete
-    return Check(name, OK, f"version(s) {', '.join(map(str, complete))} complete ({filename or 'no file name'})"), complete
+def _shown(tensors) -> str:
+    names = {code: name for name, code in repo_format.DATA_TYPES.items()}
+    return " ".join(f"{t.name} {names.get(t.data_type, mc.DataType.Name(t.data_type))} {list(t.dims)}" for t in tensors)
 
 
-def dims_match(config_dims, graph_dims: list[int]) -> bool:
-    return len(config_dims) == len(graph_dims) and all(c == g or -1 in (c, g) for c, g in zip(config_dims, graph_dims))
-
-
-def mismatches(config: mc.ModelConfig, graph: tuple[tuple[Tensor, ...], tuple[Tensor, ...]]) -> list[str]:
-    """How config.pbtxt's inputs and outputs differ from the graph's (names, dtypes, dims)."""
-    batch = [] if config.max_batch_size > 0 else [-1]  # without batching the config spells the batch dim out
-    problems = []
-    for kind, tensors, declared in (("input", config.input, graph[0]), ("output", config.output, graph[1])):
-        names = [t.name for t in declared]
-        if [t.name for t in tensors] != names:
-            problems.append(f"config {kind}s {[t.name for t in tensors]}, the graph's {names}")
-            continue
-        for tensor, wanted in zip(tensors, declared):
-            expected = batch + list(wanted.dims)
-            if tensor.data_type != DATA_TYPES[wanted.datatype]:
-                problems.append(f"{kind} {tensor.name} is {mc.DataType.Name(tensor.data_type)}, the graph's "
-                                f"{mc.DataType.Name(DATA_TYPES[wanted.datatype])}")
-            if not dims_match(tensor.dims, expected):
-                problems.append(f"{kind} {tensor.name} dims {list(tensor.dims)}, the graph's {expected}")
-    inputs = {t.name: t for t in graph[0]}
-    for warmup in config.model_warmup:  # Triton runs it at load: a stale name or shape fails the load
-        for key, sample in warmup.inputs.items():
-            if key not in inputs:
-                problems.append(f"warmup {warmup.name!r} feeds {key!r}, the graph's inputs are {sorted(inputs)}")
-            elif not dims_match(sample.dims, list(inputs[key].dims)):
-                problems.append(f"warmup {warmup.name!r} dims {list(sample.dims)}, the graph's {list(inputs[key].dims)}")
-    return problems
-
-
-def check_graph(model_dir: Path, config: mc.ModelConfig, complete: list[int], repository: Path) -> Check:
-    name, backend = f"{model_dir.name}: graph", served_by(config)
-    if backend not in GRAPH_READERS:
-        return Check(name, WARN, f"backend {backend or '(none)'}: no graph to compare with the config", "")
-    if not complete:
-        return Check(name, FAIL, "no complete version to compare with the config", "fix the versions first")
-    kind, read_signature = GRAPH_READERS[backend]
-    filename = config.default_model_filename or MODEL_FILENAMES[backend]
-    problems, signatures = [], set()
-    for version in complete:
-        try:
-            graph = read_signature((model_dir / str(version) / filename).read_bytes())
-        except Exception as exc:  # onnx and treelite raise their own decode errors for damaged files
-            problems.append(f"version {version}: {filename} is not a readable {kind} ({type(exc).__name__}: {first_line(exc)})")
-            continue
-        problems += [f"version {version}: {p}" for p in mismatches(config, graph)]
-        signatures.add(" ".join(f"{t.name} {t.datatype} {list(t.dims)}" for t in graph[0]) + " -> " +
-                       " ".join(f"{t.name} {t.datatype} {list(t.dims)}" for t in graph[1]))
-    if problems:
-        return Check(name, FAIL, "; ".join(problems),
-                     f"make config.pbtxt say what the graph takes, or {REEXPORT.format(repository=repository, name=model_dir.name)}")
-    return Check(name, OK, f"config matches the {kind}: {'; '.join(sorted(signatures))}")
+def _parses(path: Path) -> bool:
+    try:
+        repo_format.read_config(path)
+    except RepositoryError:
+        return False
+    return True
 
 
 def check_models(repository: Path) -> tuple[list[Check], dict[str, mc.ModelConfig]]:
     """Rows for every model, and the configs of the models that passed all of them."""
     rows: list[Check] = []
     healthy: dict[str, mc.ModelConfig] = {}
-    model_dirs = runtime_repository.model_dirs(repository)
+    model_dirs = repo_format.model_dirs(repository)
     if not model_dirs:
         return [Check("models", FAIL, f"no model folder in {repository}",
                       f"export one: rf-triton export --repository {repository}")], healthy
     for model_dir in model_dirs:
-        config_row, config = check_config(model_dir, repository)
-        rows.append(config_row)
-        if config is None:
-            continue
-        versions_row, complete = check_versions(model_dir, config, repository)
-        graph_row = check_graph(model_dir, config, complete, repository)
-        rows += [versions_row, graph_row]
-        if FAIL not in (config_row.status, versions_row.status, graph_row.status):
+        model_rows, config = check_model(model_dir)
+        rows += model_rows
+        if config is not None:
             healthy[model_dir.name] = config
     return rows, healthy
 
@@ -374,6 +315,7 @@ def doctor(
     metrics_port: Annotated[int, typer.Option(min=1, max=65535, help="Metrics port `rf-triton serve` would use.")] = 8002,
     load: Annotated[bool, typer.Option(help="Also start the embedded server (on free ports) and load every model.")] = False,
     ready_timeout_s: Annotated[float, typer.Option(help="With --load: seconds to wait for the models.")] = 120.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON (for scripts) instead of a table.")] = False,
 ) -> None:
     """Check this machine and a model repository before serving: one table, with a fix for each failure.
 
@@ -386,9 +328,13 @@ def doctor(
     ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
     console = Console()  # made here so that COLUMNS set by the caller applies
     rows = run_checks(repository, host, ports, load, ready_timeout_s)
-    render(rows, console)
     failed = [row.name for row in rows if row.status == FAIL]
     warned = sum(row.status == WARN for row in rows)
+    if as_json:
+        typer.echo(json.dumps({"checks": [asdict(row) for row in rows], "failed": failed, "warnings": warned},
+                              indent=2))
+        raise typer.Exit(1 if failed else 0)
+    render(rows, console)
     if failed:
         console.print(f"{len(failed)} check(s) failed: {', '.join(failed)}", style="bold red", highlight=False)
         raise typer.Exit(1)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+from rf_triton.signature import from_config
 
 NUMPY_TYPES = {"TYPE_FP32": np.float32, "TYPE_FP64": np.float64, "TYPE_INT64": np.int64, "TYPE_INT32": np.int32,
                "TYPE_STRING": np.object_}
@@ -35,9 +36,10 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
 
         self.inputs = [(i["name"], NUMPY_TYPES[i["data_type"]]) for i in config["input"]]
-        # string columns whose encoder refuses unseen values (sklearn's handle_unknown="error")
-        categories = json.loads(parameters.get("known_categories") or "{}")
-        self.known = {name: np.asarray([v.encode() for v in values], dtype=object) for name, values in categories.items()}
+        # string columns whose encoder refuses unseen values (sklearn's handle_unknown="error"), as the
+        # signature in the config says (the one reader of it: rf_triton.signature)
+        self.known = {name: np.asarray([v.encode() for v in values], dtype=object)
+                      for name, values in from_config(config).known_categories}
         self.output_names = [o["name"] for o in config["output"]]
         self.output_dtypes = {o["name"]: NUMPY_TYPES[o["data_type"]] for o in config["output"]}
 

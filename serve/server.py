@@ -4,9 +4,10 @@ One class serves the CLI, the demo, the tests, the load tests and the benchmarks
 runtime repository, starts tritonserver as a supervised process group (rf_triton.processes: own
 session, ended if we die), polls readiness against a deadline (watching that the process is still
 alive), and stops it with SIGINT → wait → SIGKILL of the whole group (the Python-backend stubs included).
-A watcher thread mirrors changes of the canonical repository; when it cannot, it says why in the
-log and in `sync_error`, and makes every model's next load fail with that reason instead of
-reloading a stale copy.
+A watcher thread mirrors changes of the canonical repository model by model; a model it cannot
+mirror (broken, as the repository rules say) fails its next load with the reason instead of
+reloading a stale copy, while every other model loads as usual, as in the stock container. It says
+why in the log and in `sync_error`.
 """
 
 from __future__ import annotations
@@ -33,18 +34,8 @@ from . import runtime_repository, triton_binary
 
 log = logging.getLogger(__name__)
 
-# Written in place of a model's runtime folder while the canonical repository cannot be mirrored:
-# its next load fails with the reason, as the stock container's would on the canonical repository.
-BLOCKED_CONFIG = 'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n' \
-    'input [{{ name: "INPUT" data_type: TYPE_FP32 dims: [1] }}]\n' \
-    'output [{{ name: "OUTPUT" data_type: TYPE_FP32 dims: [1] }}]\n'
-BLOCKED_MODEL = """import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        raise pb_utils.TritonModelException({reason!r})
-"""
+class RuntimeRepositoryIncomplete(RuntimeError):
+    """Some models of the canonical repository could not be mirrored; the others were."""
 
 
 class ServerStartError(RuntimeError):
@@ -137,7 +128,6 @@ class EmbeddedTriton:
         self._sync_lock = threading.Lock()
         self._stop_lock = threading.Lock()
         self._stop_requested = threading.Event()
-        self._blocked: set[str] = set()  # runtime models replaced by a failing stand-in while sync fails
         self.sync_error: str | None = None
         self.shm_regions: set[Path] = set()
         self.final_log_tail = ""
@@ -265,35 +255,17 @@ class EmbeddedTriton:
 
         Triton reads them when a model is next loaded through its repository API
         (`rf-triton models load`), exactly as the stock container would read the canonical one.
-        When the canonical repository cannot be derived, every model's runtime folder is replaced by
-        a stand-in whose load fails with the reason (the served versions stay in memory), and the
-        exception is raised; the next successful sync puts the real folders back.
+        A model that cannot be served is replaced by a stand-in whose load fails with the reason
+        (its served versions stay in memory); the others are mirrored as usual. Raises
+        RuntimeRepositoryIncomplete when some model could not be mirrored, after mirroring the rest.
         """
         with self._sync_lock:
-            self._unblock()
-            try:
-                self.runtime = runtime_repository.sync(self.repository, self.runtime.path)
-            except Exception as exc:
-                self._block(f"the model repository {self.repository} cannot be served: {first_line(exc)}")
-                raise
+            self.runtime = runtime_repository.sync(self.repository, self.runtime.path)
+            if self.runtime.broken or self.runtime.pending:
+                raise RuntimeRepositoryIncomplete(
+                    "; ".join([*self.runtime.broken.values(),
+                               *(f"model {name} cannot be mirrored yet: still being published" for name in self.runtime.pending)]))
             return self.runtime
-
-    def _block(self, reason: str) -> None:
-        names = {p.name for p in self.runtime.path.iterdir() if p.is_dir()}
-        if self.repository.is_dir():
-            names |= {p.name for p in runtime_repository.model_dirs(self.repository)}
-        for name in sorted(names):
-            target = self.runtime.path / name
-            shutil.rmtree(target, ignore_errors=True)
-            (target / "1").mkdir(parents=True)
-            (target / "1" / "model.py").write_text(BLOCKED_MODEL.format(reason=reason))
-            (target / runtime_repository.CONFIG_FILENAME).write_text(BLOCKED_CONFIG.format(name=name))
-            self._blocked.add(name)
-
-    def _unblock(self) -> None:
-        for name in sorted(self._blocked):
-            shutil.rmtree(self.runtime.path / name, ignore_errors=True)
-        self._blocked.clear()
 
     def _start_watching(self, seen: tuple) -> None:
         self._stop_watching.clear()
@@ -312,8 +284,8 @@ class EmbeddedTriton:
             except Exception as exc:  # anything: the thread must outlive a bad repository
                 error = f"{type(exc).__name__}: {first_line(exc)}"
                 if error != self.sync_error:
-                    log.warning("cannot mirror %s into the runtime repository (models cannot be loaded until it "
-                              "is fixed): %s", self.repository, error)
+                    log.warning("cannot mirror all of %s into the runtime repository (what it names cannot be "
+                                "loaded until fixed; the other models can): %s", self.repository, error)
                 self.sync_error = error
                 continue
             if self.sync_error is not None:

@@ -27,7 +27,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from typer.testing import CliRunner
 
 from rf_triton.client import RandomForestClient
-from rf_triton.export.triton_config import read_config
+from rf_triton.repository import read_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

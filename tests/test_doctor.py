@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import sys
@@ -12,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rf_triton.cli import app
-from rf_triton.export.triton_config import read_config, write_config
+from rf_triton.repository import read_config, write_config
 from rf_triton.serve.doctor import FAIL, OK, check_python
 from rf_triton.serve.server import free_ports
 
@@ -23,17 +24,13 @@ MODEL_ROWS = [f"{MODEL}: config", f"{MODEL}: versions", f"{MODEL}: graph"]
 
 
 def doctor(repository: Path, *args: str, ports: list[int] | None = None):
-    """Run the command on free ports, wide enough that no table row wraps; returns (result, rows)."""
+    """Run the command on free ports with --json; returns (result, rows by check name)."""
     http, grpc, metrics = ports or free_ports(3)
-    result = CliRunner().invoke(app, ["doctor", "--repository", str(repository), "--http-port", str(http),
-                                      "--grpc-port", str(grpc), "--metrics-port", str(metrics), *args],
-                                env={"COLUMNS": "400"})
-    rows = {}
-    for line in result.output.splitlines():
-        cells = [cell.strip() for cell in line.split("│")]
-        if len(cells) == 6 and cells[1]:
-            rows[cells[1]] = {"status": cells[2], "detail": cells[3], "fix": cells[4]}
-    return result, rows
+    result = CliRunner().invoke(app, ["doctor", "--json", "--repository", str(repository), "--http-port", str(http),
+                                      "--grpc-port", str(grpc), "--metrics-port", str(metrics), *args])
+    report = json.loads(result.stdout)
+    assert report["failed"] == [row["name"] for row in report["checks"] if row["status"] == FAIL], report
+    return result, {row["name"]: row for row in report["checks"]}
 
 
 @pytest.fixture()
@@ -50,7 +47,18 @@ def test_healthy_repository_passes_every_check(repository):
     assert list(rows) == ENVIRONMENT_ROWS + MODEL_ROWS, result.output
     assert {name: row["status"] for name, row in rows.items()} == {name: "OK" for name in rows}, result.output
     assert "X FP32 [5] -> variable FP32 [1]" in rows[f"{MODEL}: graph"]["detail"]
-    assert "all checks passed" in result.output
+
+
+def test_the_table_says_the_same_as_the_json(repository):
+    """Without --json: one rich table of the same rows, and a closing line."""
+    http, grpc, metrics = free_ports(3)
+    args = ["doctor", "--repository", str(repository), "--http-port", str(http), "--grpc-port", str(grpc),
+            "--metrics-port", str(metrics)]
+    table = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
+    report = json.loads(CliRunner().invoke(app, [*args, "--json"]).stdout)
+    assert table.exit_code == 0 and "all checks passed (0 warning(s))" in table.output, table.output
+    for row in report["checks"]:
+        assert f"│ {row['name']} " in table.output and row["detail"] in table.output, row
 
 
 @pytest.mark.parametrize("version, status", [((3, 10), FAIL), ((3, 11), OK), ((3, 12), OK), ((3, 13), FAIL)])
@@ -125,7 +133,7 @@ def test_each_broken_repository_fails_on_its_row(repository, breaks, row, detail
     assert detail in failing["detail"], result.output
     assert fix in failing["fix"], result.output
     assert all(rows[name]["status"] == "OK" for name in ENVIRONMENT_ROWS), result.output
-    assert f"check(s) failed: {MODEL}: {row}" in result.output
+    assert f"{MODEL}: {row}" in json.loads(result.stdout)["failed"]
 
 
 def test_a_taken_port_fails_the_ports_row(repository):
@@ -162,7 +170,7 @@ def test_a_fil_model_passes_but_load_is_a_warning(tmp_path):
     assert "input__0 FP32 [5] -> output__0 FP32 [1]" in rows[f"{MODEL}: graph"]["detail"], result.output
     assert rows[f"{MODEL}: load"]["status"] == "WARN", result.output
     assert "triton-gpu" in rows[f"{MODEL}: load"]["fix"]
-    assert "1 warning(s)" in result.output
+    assert json.loads(result.stdout)["warnings"] == 1
 
 
 def test_load_is_not_attempted_after_a_failure(repository):

@@ -20,8 +20,8 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from typer.testing import CliRunner
 
 from rf_triton.cli import app
-from rf_triton.export import repository as repo_module
-from rf_triton.export.triton_config import feature_names, read_config
+from rf_triton.repository import feature_names, read_config
+from rf_triton.repository import publishing
 
 runner = CliRunner()
 
@@ -62,7 +62,7 @@ def test_demo_export_writes_version_then_next(tmp_path):
     second = export("--repository", str(repo), "--max-queue-delay-us", "250")
     assert second.exit_code == 0, second.output
     model_dir = repo / "random_forest"
-    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "2", "config.pbtxt"]
+    assert sorted(p.name for p in model_dir.iterdir() if not p.name.startswith(".")) == ["1", "2", "config.pbtxt"]
     for version in ("1", "2"):
         assert sorted(p.name for p in (model_dir / version).iterdir()) == ["metadata.json", "model.onnx"]
     config = read_config(model_dir / "config.pbtxt")
@@ -186,9 +186,9 @@ def _bad_inputs(tmp_path: Path, csv_file: Path, small_data) -> dict[str, tuple[l
         "both sources": (["--model", str(classifier), "--data", str(csv_file)], "either --model or --data"),
         "data without target": (["--data", str(csv_file)], "--data needs --target"),
         "target without data": (["--target", "price"], "--target goes with --data"),
-        "bad kind": (["--kind", "tpu"], "--kind must be one of"),
+        "bad kind": (["--kind", "tpu"], "--kind must be 'cpu', 'gpu' or 'auto'"),
         "bad version policy": (["--version-policy", "newest"], "invalid version policy"),
-        "bad max batch": (["--max-batch-size", "0"], "--max-batch-size must be at least 1"),
+        "bad max batch": (["--max-batch-size", "0"], "--max-batch-size must be greater than or equal to 1"),
         "bad trees": (["--data", str(csv_file), "--target", "price", "--n-estimators", "0"], "--n-estimators"),
         "bad name": (["--name", "../escape"], "invalid model name"),
     }
@@ -219,24 +219,24 @@ def test_bad_input_one_line_exit_1_nothing_written(case, tmp_path, csv_file, sma
 
 
 def test_failure_while_writing_leaves_no_version(tmp_path, monkeypatch):
+    """A write that fails halfway (the disk fills) leaves neither a version nor a new model behind."""
     repo = tmp_path / "repo"
     assert export("--repository", str(repo)).exit_code == 0
     before = snapshot(repo)
 
     def broken_write(path, data):
         path.write_bytes(data[: len(data) // 2])
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(repo_module, "_write_file", broken_write)
-    with pytest.raises(OSError):
-        repo_module.write_version(repo, "random_forest", None, "model.onnx", b"onnx-bytes", {}, read_config(
-            repo / "random_forest" / "config.pbtxt"))
-    with pytest.raises(OSError):
-        repo_module.write_version(repo, "brand_new", None, "model.onnx", b"onnx-bytes", {}, read_config(
-            repo / "random_forest" / "config.pbtxt"))
+    monkeypatch.setattr(publishing, "write_durably", broken_write)
+    for name in ("random_forest", "brand_new"):
+        result = export("--repository", str(repo), "--name", name)
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert "No space left on device; nothing written" in result.stderr, result.stderr
     assert snapshot(repo) == before
     assert sorted(p.name for p in repo.iterdir()) == ["random_forest"]
-    assert sorted(p.name for p in (repo / "random_forest").iterdir()) == ["1", "config.pbtxt"]
+    assert sorted(p.name for p in (repo / "random_forest").iterdir() if not p.name.startswith(".")) == [
+        "1", "config.pbtxt"]
 
 
 def test_data_with_a_text_target_trains_a_classifier_and_says_so(tmp_path, csv_file):

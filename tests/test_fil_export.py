@@ -26,7 +26,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from rf_triton.export import fil, parity, probes, sources
 from rf_triton.export.errors import ExportError
 from rf_triton.export.parity import relative_errors
-from rf_triton.export.triton_config import feature_names, read_config
+from rf_triton.repository import feature_names, read_config
 from rf_triton.serve import runtime_repository
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,12 +78,13 @@ def test_layout_and_config_are_what_the_fil_backend_reads(fil_repository):
     assert "intra_op_thread_count" not in config.parameters  # ONNX Runtime's, not FIL's
     # The client reads feature names from the config, whatever the backend.
     assert feature_names(config) == [f"x{i}" for i in range(5)]
-    assert config.parameters["treelite_version"].string_value == treelite.__version__
+    assert "treelite_version" not in config.parameters  # a per-version fact: in metadata.json
     (warmup,) = config.model_warmup
     assert list(warmup.inputs["input__0"].dims) == [5]
     assert "predict_proba" not in config.parameters and "threshold" not in config.parameters
     metadata = json.loads((model_dir / "1" / "metadata.json").read_text())
     assert metadata["format"] == "fil" and metadata["backend"] == "fil"
+    assert metadata["versions"]["treelite"] == treelite.__version__
     assert [t["name"] for t in metadata["inputs"]] == ["input__0"]
     assert [t["name"] for t in metadata["outputs"]] == ["output__0"]
     assert metadata["parity"]["checked_with"] == "treelite GTIL"

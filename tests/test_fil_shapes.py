@@ -20,7 +20,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from rf_triton.client import RandomForestClient
 from rf_triton.export import sources
 from rf_triton.export.pipeline import export_model
-from rf_triton.export.triton_config import CONFIG_FILENAME, read_config, write_config
+from rf_triton.repository import CONFIG_FILENAME, read_config, write_config
 
 pytestmark = pytest.mark.integration
 PROTOCOLS = ("http", "grpc")

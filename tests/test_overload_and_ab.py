@@ -17,7 +17,8 @@ from rf_triton.client import ABRouter, NO_RETRY, RandomForestClient, RetryPolicy
 from rf_triton.client.ab import parse_variant, parse_weights
 from rf_triton.export import sources
 from rf_triton.export.pipeline import export_model
-from rf_triton.export.triton_config import ServingOptions, read_config
+from rf_triton.export.triton_config import ServingOptions
+from rf_triton.repository import read_config
 
 MODEL = "random_forest"
 

@@ -45,3 +45,41 @@ def test_compose_locks_the_control_api_with_the_same_header_as_serve():
     rule = f"model-repository:{CONTROL_KEY_HEADER}=${{TRITON_CONTROL_KEY:?"
     assert any(arg.startswith(f"--http-restricted-api={rule}") for arg in command)
     assert any(arg.startswith(f"--grpc-restricted-protocol={rule}") for arg in command)
+
+
+def test_every_library_the_project_imports_is_declared():
+    """An import that works only because another dependency happens to bring it (packaging, pydantic)
+    breaks the day that dependency stops bringing it: each one is named in pyproject.toml."""
+    import ast
+    import importlib.metadata
+    import sys
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {Requirement(text).name.lower().replace("_", "-") for text in project["dependencies"]}
+    distributions = importlib.metadata.packages_distributions()
+    own = {"rf_triton", "triton_python_backend_utils"}  # the latter: given by Triton's Python backend
+    own |= {"cuml"}  # benchmarks/gpu_check.py's RAPIDS engine: on a GPU host that has it, never installed by us
+    missing = {}
+    for folder in project_source_folders():
+        for source in folder.rglob("*.py"):
+            for node in ast.walk(ast.parse(source.read_text())):
+                names = ([alias.name for alias in node.names] if isinstance(node, ast.Import) else
+                         [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+                for name in names:
+                    top = name.split(".")[0]
+                    if top in own or top in sys.stdlib_module_names:
+                        continue
+                    provided_by = {d.lower().replace("_", "-") for d in distributions.get(top, [top])}
+                    if not provided_by & declared:
+                        missing.setdefault(top, set()).add(str(source.relative_to(ROOT)))
+    assert not missing, f"imported but not declared in pyproject.toml dependencies: {missing}"
+
+
+def project_source_folders() -> list[Path]:
+    import tomllib
+
+    mapping = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    return [ROOT / folder for folder in mapping.values()]

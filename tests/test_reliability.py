@@ -375,3 +375,47 @@ def test_soak_at_70_percent_of_capacity(own_repository, server_factory, demo_mod
     assert soak.report.errors == [] and soak.report.wrong == []
     assert set(at_end) == set(after_warm_up), "server processes changed during the soak"
     assert max(growth.values()) < 0.05, growth
+
+
+def test_one_broken_model_fails_alone_and_the_others_keep_loading(demo_repository, tmp_path, server_factory,
+                                                                 demo_model):
+    """As the stock container in explicit mode: `models load good` works while `broken` cannot be served,
+    and the good model's runtime folder stays in place however often the broken one is re-checked."""
+    from rf_triton.repository import read_config, write_config
+
+    repository = tmp_path / "two_models"
+    for name in ("good", "broken"):
+        shutil.copytree(demo_repository / MODEL, repository / name, ignore=shutil.ignore_patterns(".*"))
+        config = read_config(repository / name / "config.pbtxt")
+        config.name = name
+        write_config(repository / name / "config.pbtxt", config)
+    server = server_factory(repository, watch_interval_s=0.2)
+    good_runtime = server.runtime.path / "good"
+    # folders and files as inodes: a removal, a re-creation or a replacement shows as a new one
+    folders = {path: path.stat().st_ino for path in (good_runtime, good_runtime / "1", good_runtime / "config.pbtxt")}
+
+    broken_config = repository / "broken" / "config.pbtxt"
+    broken_config.write_bytes(b"\xff\xfe" + broken_config.read_bytes())  # not UTF-8
+    wait_until(lambda: server.sync_error is not None and "broken" in server.sync_error,
+               what="the watcher to report the broken model")
+    assert "good" not in server.sync_error
+    (repository / "broken" / "1" / "model.onnx").unlink()  # another reason: the watcher re-checks and says so
+    shutil.rmtree(repository / "broken" / "1")
+    broken_config.unlink()
+    wait_until(lambda: "no config.pbtxt" in (server.sync_error or ""), what="the watcher to see the new reason")
+
+    export_model(demo_model, repository, name="good")  # a new version of the good model is still mirrored
+    wait_until(lambda: sorted(p.name for p in good_runtime.iterdir() if p.is_dir()) == ["1", "2"],
+               what="version 2 of the good model to be mirrored")
+    assert {path: path.stat().st_ino for path in folders} == folders, "the good model's runtime files were replaced"
+
+    runner = CliRunner()
+    loaded = runner.invoke(app, ["models", "load", "good", "--url", server.endpoints.http])
+    assert loaded.exit_code == 0 and "serving version(s) 2" in loaded.stdout, loaded.output
+    refused = runner.invoke(app, ["models", "load", "broken", "--url", server.endpoints.http])
+    assert refused.exit_code == 1, refused.output
+    assert "model broken cannot be served: no config.pbtxt in" in refused.stderr, refused.stderr
+    rows = demo_model.X_val[:10]
+    for name in ("good", "broken"):  # the broken model's loaded version keeps serving, as in the container
+        with RandomForestClient(server.endpoints.http, model=name) as client:
+            np.testing.assert_allclose(client.predict(rows), demo_model.estimator.predict(rows), rtol=1e-4)

@@ -5,7 +5,7 @@ import hashlib
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from rf_triton.export.triton_config import read_config, write_config
+from rf_triton.repository import read_config, write_config
 from rf_triton.serve import runtime_repository
 from rf_triton.serve.runtime_repository import RepositoryError, derive
 
@@ -63,10 +63,10 @@ def test_other_backends_are_skipped_with_a_warning(demo_repository, tmp_path):
 
 
 @pytest.mark.parametrize("damage, message", [
-    ("no_config", "has no config.pbtxt"),
-    ("no_version", "has no version folder"),
-    ("no_onnx", "has no model.onnx"),
-    ("bad_config", "not a valid Triton model config"),
+    ("no_config", "random_forest cannot be served: no config.pbtxt in"),
+    ("no_version", "random_forest cannot be served: no version folder in"),
+    ("no_onnx", "random_forest cannot be served: version 1 has no model.onnx"),
+    ("bad_config", "random_forest cannot be served: .* is not a valid Triton model config"),
 ])
 def test_broken_repositories_are_refused(damage, message, demo_repository, tmp_path):
     model = tmp_path / "canonical" / "random_forest"

@@ -5,15 +5,13 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from rf_triton.export.errors import ExportError
-from rf_triton.export.triton_config import (
-    DEFAULTS, ServingOptions, build_config, feature_names, parse_version_policy, read_config, to_text, write_config,
-)
-
+from rf_triton.export.triton_config import DEFAULTS, ServingOptions, build_config, parse_version_policy
+from rf_triton.repository import RepositoryError, feature_names, read_config, signature_of, to_text, write_config
 from rf_triton.signature import Signature, Tensor
 
 GRAPH = Signature("regression", (Tensor("X", "FP32", (5,)),), (Tensor("variable", "FP32", (1,)),),
                   ("a", "b", "c", "d", "e"))
-META = GRAPH.config_parameters()
+META: dict[str, str] = {}  # the onnxruntime backend's own parameters: none beyond the thread counts
 
 
 def test_new_config_targets_onnxruntime_with_defaults():
@@ -84,21 +82,40 @@ def test_version_policy(text, field, expected):
         assert list(policy.specific.versions) == expected
 
 
-@pytest.mark.parametrize("options, message", [
-    (ServingOptions(max_batch_size=0), "--max-batch-size"),
-    (ServingOptions(max_queue_delay_us=-1), "--max-queue-delay-us"),
-    (ServingOptions(instances=0), "--instances"),
-    (ServingOptions(kind="tpu"), "--kind"),
-    (ServingOptions(version_policy="newest"), "version policy"),
-    (ServingOptions(version_policy="latest:0"), "version policy"),
-    (ServingOptions(version_policy="specific:"), "version policy"),
-    (ServingOptions(preferred_batch_sizes=(0,)), "--preferred-batch-size"),
-    (ServingOptions(max_batch_size=16, preferred_batch_sizes=(32,)), "exceeds"),
-    (ServingOptions(preferred_batch_sizes=(4096,)), "exceeds"),
+@pytest.mark.parametrize("values, message", [
+    (dict(max_batch_size=0), "--max-batch-size must be greater than or equal to 1"),
+    (dict(max_queue_delay_us=-1), "--max-queue-delay-us must be greater than or equal to 0"),
+    (dict(instances=0), "--instances must be greater than or equal to 1"),
+    (dict(instances="two"), "--instances must be a valid integer"),
+    (dict(kind="tpu"), "--kind must be 'cpu', 'gpu' or 'auto'"),
+    (dict(version_policy="newest"), "invalid version policy 'newest'"),
+    (dict(version_policy="latest:0"), "invalid version policy"),
+    (dict(version_policy="specific:"), "invalid version policy"),
+    (dict(preferred_batch_sizes=(0,)), "--preferred-batch-size must be greater than or equal to 1"),
+    (dict(max_batch_size=16, preferred_batch_sizes=(32,)), "--preferred-batch-size 32 exceeds --max-batch-size 16"),
+    (dict(max_queue_size=-1), r"--max-queue-size must be greater than or equal to 0 \(0: unbounded\)"),
+    (dict(priority_levels=-2), "--priority-levels must be greater than or equal to 0"),
+    (dict(batch_size=8), "batch_size: Extra inputs are not permitted"),
 ])
-def test_invalid_options_are_refused(options, message):
+def test_invalid_options_are_refused_naming_the_option(values, message):
+    """pydantic checks the options; the error is one ExportError line in the CLI's words."""
     with pytest.raises(ExportError, match=message):
-        build_config("rf", GRAPH, options, META)
+        ServingOptions(**values)
+
+
+def test_a_preferred_size_over_the_existing_max_batch_size_is_refused():
+    with pytest.raises(ExportError, match="--preferred-batch-size 4096 exceeds max_batch_size 1024"):
+        build_config("rf", GRAPH, ServingOptions(preferred_batch_sizes=(4096,)), META)
+
+
+def test_priority_levels_alone_are_written_on_a_new_model():
+    """--priority-levels without any other queue option used to be dropped on a new model."""
+    config = build_config("rf", GRAPH, ServingOptions(priority_levels=3), META)
+    assert config.dynamic_batching.priority_levels == 3
+    assert config.dynamic_batching.default_priority_level == 2
+    assert not config.dynamic_batching.HasField("default_queue_policy")  # nothing bounded: Triton's default
+    updated = build_config("rf", GRAPH, ServingOptions(max_queue_size=8), META, config)
+    assert updated.dynamic_batching.priority_levels == 3 and updated.dynamic_batching.default_queue_policy.max_queue_size == 8
 
 
 def test_written_config_parses_back(tmp_path):
@@ -115,35 +132,20 @@ def test_written_config_parses_back(tmp_path):
 def test_unparseable_config_is_reported(tmp_path):
     path = tmp_path / "config.pbtxt"
     path.write_text("max_batch_size: lots")
-    with pytest.raises(ExportError, match="not a valid Triton model config"):
+    with pytest.raises(RepositoryError, match="not a valid Triton model config"):
         read_config(path)
-
-
-@pytest.mark.parametrize("changed", [
-    Signature("regression", (Tensor("X", "FP32", (7,)),), GRAPH.outputs, tuple("abcdefg")),  # feature count
-    Signature("regression", GRAPH.inputs, (Tensor("variable", "FP32", (2,)),), GRAPH.feature_names),  # outputs
-    Signature("regression", GRAPH.inputs, GRAPH.outputs, ("v", "w", "x", "y", "z")),  # feature names
-    Signature("classification", GRAPH.inputs, (Tensor("label", "INT64", (1,)),
-                                                Tensor("probabilities", "FP32", (2,), "labels.txt")),
-              GRAPH.feature_names, (0, 1)),  # task
-])
-def test_a_new_version_cannot_change_the_signature(changed):
-    """The config is shared by every version: rewriting its tensors would break the older ones."""
-    existing = build_config("rf", GRAPH, ServingOptions(), META)
-    with pytest.raises(ExportError, match="a new version must keep them.*another --name"):
-        build_config("rf", changed, ServingOptions(), changed.config_parameters(), existing)
 
 
 def test_classifier_config_marks_probabilities_with_labels():
     classifier = Signature("classification", GRAPH.inputs, (Tensor("label", "BYTES", (1,)),
                                                              Tensor("probabilities", "FP32", (3,), "labels.txt")),
                            GRAPH.feature_names, ("a", "b", "c"))
-    config = build_config("rf", classifier, ServingOptions(), classifier.config_parameters())
+    config = build_config("rf", classifier, ServingOptions(), META)
     label, probabilities = config.output
     assert label.data_type == mc.TYPE_STRING and list(label.dims) == [1] and not label.label_filename
     assert probabilities.label_filename == "labels.txt" and list(probabilities.dims) == [3]
-    assert config.parameters["task"].string_value == "classification"
-    assert config.parameters["classes"].string_value == '["a", "b", "c"]'
+    assert signature_of(config) == classifier
+    assert "task" not in config.parameters and "classes" not in config.parameters  # one parameter carries it all
 
 
 def test_a_large_forest_gets_every_core_by_default(tmp_path, monkeypatch):

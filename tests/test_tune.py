@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from rf_triton.benchmarks.tune import Candidate, TuneOptions, TuneResult, best, candidates, sweep
 from rf_triton.cli import app
-from rf_triton.export.triton_config import read_config
+from rf_triton.repository import read_config
 
 runner = CliRunner()
 
