@@ -30,8 +30,7 @@ SUPPORTED = (
 REFUSED = {
     "PowerTransformer": "scipy computes the Yeo-Johnson and Box-Cox transforms with log1p and expm1, which ONNX "
                         "lacks; Log(1 + x) and Exp(y) - 1 in float64 still put rows of integer and 2-decimal data on "
-                        "the other side of a threshold (measured: 5 to 24 rows in 3,000); fit the forest on the raw "
-                        "columns, or on a QuantileTransformer",
+                        "the other side of a threshold; fit the forest on the raw columns, or on a QuantileTransformer",
 }
 
 
