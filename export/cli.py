@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
+from .. import releases
 from ..errors import fail
 from ..repository import read_config
 from . import sources
@@ -16,6 +18,8 @@ from .pipeline import DEFAULT_FORMAT, DEFAULT_MODEL_NAME, DEFAULT_TOLERANCE, FOR
 from .triton_config import BOUNDED_QUEUE_WARNING, DEFAULTS, FIL_DEFAULTS, KINDS, ServingOptions, stalls_batcher
 
 app = typer.Typer()
+# The container releases of the table, as choices: 24.10 ... 26.08.
+TritonRelease = Enum("TritonRelease", {f"r{tag.replace('.', '_')}": tag for tag in releases.TAGS}, type=str)
 console = Console(stderr=True)
 
 
@@ -45,6 +49,11 @@ def export(
     parity_data: Annotated[Optional[Path], typer.Option(
         help="CSV or Parquet of your own rows (the model's feature columns; others are ignored): the parity "
              "check compares them row by row with sklearn too, besides the held-out or probe rows.")] = None,
+    triton_release: Annotated[TritonRelease, typer.Option(
+        help="Triton container release (YY.MM) the model is for: export refuses a graph its ONNX Runtime cannot "
+             "load, writes FIL parameters under its names and records it in metadata.json. Parity is checked with "
+             "the installed onnxruntime; to compute with that release's, pip install its version first.")
+    ] = TritonRelease(releases.DEFAULT.tag),
     tolerance: Annotated[float, typer.Option(
         help="Largest relative error allowed between sklearn and the exported model "
              "(run with ONNX Runtime, or treelite's GTIL for --format fil).")] = DEFAULT_TOLERANCE,
@@ -122,7 +131,7 @@ def export(
             console.print("scores: " + ", ".join(f"{k} {v:.4f}" for k, v in trained.scores.items()))
         result = export_model(trained, repository, name=name, version=version, options=options,
                               tolerance=tolerance, console=console, model_format=model_format,
-                              parity_data=parity_data)
+                              parity_data=parity_data, triton_release=triton_release.value)
     except ExportError as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
@@ -133,6 +142,11 @@ def export(
     elif kind and kind.lower() == "gpu":
         console.print("[yellow]note:[/] ONNX Runtime computes tree ensembles on the CPU only; a KIND_GPU "
                       "onnxruntime instance still evaluates the trees on the CPU.")
+    installed_ort = result.metadata["versions"].get("onnxruntime")
+    if installed_ort and installed_ort != result.metadata["triton_onnxruntime"]:
+        console.print(f"[yellow]warning:[/] parity was checked with ONNX Runtime {installed_ort}; Triton "
+                      f"{triton_release.value} runs {result.metadata['triton_onnxruntime']}: to check with it, pip "
+                      f"install onnxruntime=={result.metadata['triton_onnxruntime']} and export again")
     if stalls_batcher(read_config(result.config_path)):
         console.print(f"[yellow]warning:[/] {BOUNDED_QUEUE_WARNING}")
     console.print(f"[green]wrote[/] {result.version_dir} and {result.config_path} in {result.seconds:.2f} s")

@@ -13,7 +13,7 @@ or with treelite's GTIL on the CPU. What the 24.10 FIL backend does was read in 
   threshold rounded to nearest can move a float32 input across the split. Each threshold is stored
   as the largest float32 not above it: for every float32 x, `x <= t` then holds exactly as sklearn
   computes it (float32 x against its float64 threshold), on GPU and CPU alike.
-- Classifiers: `output_class` true, `threshold` (read whenever output_class is true in r24.10), and
+- Classifiers: `output_class` (`is_classifier` from 25.09) true, `threshold` (read whenever it is true), and
   `predict_proba` true, so output__0 holds the class probabilities in `classes_` order, two a row
   for a binary classifier. There is no label output: the client takes classes_[argmax].
 - Output shapes: the backend squeezes size-1 dims (`rapids::SharedModelState{config, true}` in
@@ -28,6 +28,7 @@ import struct
 
 import numpy as np
 
+from .. import releases
 from ..signature import CLASSIFICATION, FP32, LABELS_FILENAME, REGRESSION, Signature, Tensor
 from . import parity
 from .errors import ExportError, first_line
@@ -36,9 +37,9 @@ from .parity import ParityReport, Prediction
 # Names the FIL backend requires (fil_backend r24.10 src/model.h: get_input "input__0", get_output "output__0").
 INPUT_NAME = "input__0"
 OUTPUT_NAME = "output__0"
-# The treelite that the 24.10 container's FIL backend is built with (fil_backend r24.10
-# cmake/thirdparty/get_treelite.cmake: VERSION 4.3.0). A checkpoint must not come from a newer one.
-READER_VERSION = (4, 3, 0)
+# The oldest treelite of the releases table (24.10: fil_backend r24.10 cmake/thirdparty/get_treelite.cmake
+# pins 4.3.0). A checkpoint must not come from a newer one: then every release of the table reads it.
+READER_VERSION = tuple(map(int, releases.OLDEST.treelite.split(".")))
 # treelite's TaskType enum (include/treelite/enum/task_type.h).
 TASK_TYPES = {0: "binary classifier", 1: REGRESSION, 2: CLASSIFICATION, 3: "ranker", 4: "isolation forest"}
 CHECKED_WITH = "treelite (GTIL)"
@@ -52,9 +53,8 @@ def checkpoint_version(checkpoint: bytes) -> tuple[int, int, int]:
 
 
 def readable_by_fil_24_10(version: tuple[int, int, int]) -> bool:
-    """treelite's deserializer: same major version; a newer minor loads with "some functionalities
-    may be unavailable", which is not good enough for production."""
-    return version[0] == READER_VERSION[0] and version[1] <= READER_VERSION[1]
+    """The oldest release of the table (24.10, treelite 4.3.0) reads a checkpoint of this treelite version."""
+    return releases.reads_treelite_checkpoint(releases.OLDEST, version)
 
 
 def forest_only(estimator):
@@ -174,16 +174,18 @@ def response_shape(output: Tensor, rows: int) -> tuple[int, ...]:
     return (rows, *(d for d in output.dims if d != 1))
 
 
-def config_parameters(found: Signature) -> dict[str, str]:
-    """FIL backend parameters besides model_type (fil_backend r24.10 src/shared_state.h).
+def config_parameters(found: Signature, names: releases.FilParameters = releases.DEFAULT.fil_parameters
+                      ) -> dict[str, str]:
+    """FIL backend parameters besides model_type, under the target release's `names`
+    (fil_backend src/shared_state.h: output_class up to 25.08, is_classifier from 25.09).
 
-    `output_class` has no default there; `threshold` is read whenever output_class is true (unused
-    with predict_proba, but its absence fails the load); `predict_proba` makes output__0 the class
+    The classifier flag has no default; `threshold` is read whenever it is true (unused with
+    predict_proba, but its absence fails the load); `predict_proba` makes output__0 the class
     probabilities instead of the index of the best class.
     """
     if found.is_classifier:
-        return {"output_class": "true", "threshold": "0.5", "predict_proba": "true"}
-    return {"output_class": "false"}
+        return {names.is_classifier: "true", "threshold": "0.5", "predict_proba": "true"}
+    return {names.is_classifier: "false"}
 
 
 def predict(checkpoint: bytes, rows, classes=()) -> Prediction:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import releases
 from ..signature import BYTES, CLASSIFICATION, FP32, FP64, INT64, LABELS_FILENAME, Signature, Tensor, numpy_dtype
 from . import forest_onnx, parity, steps
 from .errors import ExportError, first_line
@@ -27,11 +28,11 @@ INPUT_NAME = "X"
 VALUES_OUTPUT = "variable"
 LABEL_OUTPUT = "label"
 PROBABILITIES_OUTPUT = "probabilities"
-# Opsets that the stock container's ONNX Runtime (24.10 ships ORT 1.19.2) reads. The trees stay
-# FP32 (ai.onnx.ml opset 3 nodes): sklearn's trees compare float32 features.
-TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
-CONTAINER_ORT = "1.19.2"
-MAX_IR_VERSION = 10  # what ORT 1.19 reads
+# Opsets and IR version every release of the table loads (rf_triton/releases.py): one graph serves
+# them all. The trees stay FP32 (ai.onnx.ml opset 3 nodes): sklearn's trees compare float32 features.
+TARGET_OPSET = releases.EXPORT_OPSET
+CONTAINER_ORT = releases.DEFAULT.onnxruntime.version
+MAX_IR_VERSION = min(release.onnxruntime.ir_version for release in releases.RELEASES.values())
 PROTOBUF_LIMIT = 2 ** 31 - 1  # an ONNX file is one protobuf message: 2 GB at most
 # Bytes an exported forest takes, fitted on forests of 150 k to 6.3 M nodes (regressors with 1 and 3
 # outputs, classifiers of 2 to 8 classes): the estimate lands within 5% of the written file.

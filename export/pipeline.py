@@ -16,7 +16,7 @@ from types import ModuleType
 import numpy as np
 from rich.console import Console
 
-from .. import repository
+from .. import releases, repository
 from ..signature import CLASSIFICATION, LABELS_FILENAME, Signature, classes_to_json
 from . import fil, onnx_convert, parity, sources, triton_config
 from .errors import ExportError
@@ -57,8 +57,10 @@ class ExportResult:
 def export_model(trained: sources.TrainedModel, repository_path: Path, *, name: str = DEFAULT_MODEL_NAME,
                  version: int | None = None, options: ServingOptions = ServingOptions(),
                  tolerance: float = DEFAULT_TOLERANCE, console: Console | None = None,
-                 model_format: str = DEFAULT_FORMAT, parity_data: Path | None = None) -> ExportResult:
-    """Convert `trained`, check it against sklearn, and publish it as a new version.
+                 model_format: str = DEFAULT_FORMAT, parity_data: Path | None = None,
+                 triton_release: str = releases.DEFAULT.tag) -> ExportResult:
+    """Convert `trained`, check it against sklearn and against the Triton release it targets, and
+    publish it as a new version.
 
     `parity_data`: a CSV or Parquet file of the user's own rows, compared row by row as well."""
     started = time.perf_counter()
@@ -71,11 +73,16 @@ def export_model(trained: sources.TrainedModel, repository_path: Path, *, name: 
         repository.check_model_name(name)
     except repository.RepositoryError as exc:
         raise ExportError(str(exc)) from None
+    try:
+        release = releases.get(triton_release)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
     own_rows = sources.read_rows(parity_data, trained) if parity_data is not None else None
 
     with _status(console, fmt.converting):
         model_bytes = fmt.converter.convert(trained)
         graph = fmt.converter.signature(model_bytes, trained)
+    check_release(model_bytes, model_format, release)
     rows = parity_rows(trained, own_rows)
     if console and trained.unmapped_steps and own_rows is None:
         console.print(f"[yellow]note:[/] {', '.join(trained.unmapped_steps)} mix columns: the probe rows cannot "
@@ -87,7 +94,10 @@ def export_model(trained: sources.TrainedModel, repository_path: Path, *, name: 
     if not report.passed:
         raise ExportError(f"parity check failed: {report.failure()}; nothing written")
 
-    metadata = _metadata(trained, report, graph, model_format, fmt)
+    metadata = {**_metadata(trained, report, graph, model_format, fmt), **release_metadata(release)}
+    is_fil = fmt.converter is fil
+    converter_parameters = (fil.config_parameters(graph, release.fil_parameters) if is_fil
+                            else fmt.converter.config_parameters(graph))
 
     def make_config(existing):
         chosen = options
@@ -96,8 +106,8 @@ def export_model(trained: sources.TrainedModel, repository_path: Path, *, name: 
             chosen = options.model_copy(update={"intra_op_threads": 0})
             if console:
                 console.print(f"{metadata['n_nodes']:,} nodes: ONNX Runtime gets every core (--intra-op-threads 0)")
-        return triton_config.build_config(name, graph, chosen, fmt.converter.config_parameters(graph), existing,
-                                          fmt.backend)
+        return triton_config.build_config(name, graph, chosen, converter_parameters, existing, fmt.backend,
+                                          release.fil_parameters.removed if is_fil else ())
 
     version_files = {fmt.backend.model_filename: model_bytes,
                      repository.METADATA_FILENAME: (json.dumps(metadata, indent=2) + "\n").encode()}
@@ -110,6 +120,25 @@ def export_model(trained: sources.TrainedModel, repository_path: Path, *, name: 
             raise ExportError(str(exc)) from None
     return ExportResult(published.version_dir, published.config_path, report, metadata,
                         time.perf_counter() - started)
+
+
+def check_release(model_bytes: bytes, model_format: str, release: releases.Release) -> None:
+    """Refuse, in one line, a model file the release's backend cannot load."""
+    if model_format == "fil":
+        version = fil.checkpoint_version(model_bytes)
+        if not releases.reads_treelite_checkpoint(release, version):
+            raise ExportError(f"{release.describe()} reads treelite {release.treelite} checkpoints, this one is "
+                              f"{'.'.join(map(str, version))}: pip install 'treelite=={release.treelite}'")
+        return
+    problems = releases.problems_loading(model_bytes, release)
+    if problems:
+        raise ExportError(releases.refusal(problems, release))
+
+
+def release_metadata(release: releases.Release) -> dict:
+    """What metadata.json records of the release the version was exported for."""
+    return {"triton_release": release.tag, "triton_server": release.server,
+            "triton_onnxruntime": release.onnxruntime.version, "triton_treelite": release.treelite}
 
 
 def parity_rows(trained: sources.TrainedModel, own_rows=None):

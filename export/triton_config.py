@@ -152,11 +152,12 @@ FIL = Backend("fil", FIL_FILENAME, FIL_DEFAULTS, fixed_parameters=(("model_type"
 
 def build_config(name: str, graph: Signature, options: ServingOptions,
                  parameters: dict[str, str], existing: mc.ModelConfig | None = None,
-                 backend: Backend = ONNXRUNTIME) -> mc.ModelConfig:
+                 backend: Backend = ONNXRUNTIME, removed_parameters: tuple[str, ...] = ()) -> mc.ModelConfig:
     """The `backend` config for `graph`, updating `existing` in place of starting over.
 
     `parameters`: the backend's own settings to set. The signature goes in whole (its one
     parameter); whether it may replace the existing one is the publisher's check.
+    `removed_parameters`: names the target release does not read (FIL's names of another release).
     """
     if not backend.ort_threads and (options.intra_op_threads is not None or options.inter_op_threads is not None):
         raise ExportError(f"--intra-op-threads/--inter-op-threads are ONNX Runtime options; "
@@ -216,6 +217,9 @@ def build_config(name: str, graph: Signature, options: ServingOptions,
                 config.parameters[parameter].string_value = str(pick(field))
     for key, value in backend.fixed_parameters:
         config.parameters[key].string_value = value
+    for key in removed_parameters:
+        if key in config.parameters:
+            del config.parameters[key]
     for key, value in parameters.items():
         config.parameters[key].string_value = value
     set_signature(config, graph)

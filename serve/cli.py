@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from .. import CONTROL_KEY_ENV, CONTROL_KEY_HEADER
+from .. import CONTROL_KEY_ENV, CONTROL_KEY_HEADER, releases
 from ..errors import fail
 from .runtime_repository import RepositoryError
 from .server import EmbeddedTriton, ServerStartError
@@ -74,6 +74,7 @@ def serve(
         console.print(f"  HTTP    http://{e.http}\n  gRPC    {e.grpc}\n  metrics {e.metrics}\n  log     {server.log_path}")
         console.print("  model control: " + (f"needs the '{CONTROL_KEY_HEADER}' header" if control_key else
                                              "open (set --control-key to restrict load/unload)"))
+        console.print(f"  {releases.answers_statement(releases.installed_onnxruntime())}")
         console.print("Press Ctrl-C to stop.")
         _serve_until_stopped(server)
     except ServerStartError as exc:

@@ -25,11 +25,12 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
+from .. import releases
 from .. import repository as repo_format
 from ..backends import embeddable, served_by
 from ..errors import fail
 from ..export import fil, onnx_convert
-from ..repository import CONFIG_FILENAME, MODEL_FILENAMES, RepositoryError
+from ..repository import CONFIG_FILENAME, METADATA_FILENAME, MODEL_FILENAMES, RepositoryError
 from . import triton_binary
 from .server import EmbeddedTriton, ServerStartError, port_in_use
 from .triton_binary import TritonInstall, TritonNotAvailable
@@ -64,7 +65,7 @@ def supported_pythons() -> str:
 
 
 def check_python(version: tuple[int, int] = sys.version_info[:2], supported: str | None = None) -> Check:
-    """A Python outside the range pip would refuse, or that some wheel lacks (3.13: numpy<2, onnxruntime 1.19.2)."""
+    """A Python outside the range pip would refuse, or that some wheel lacks (3.13: numpy<2)."""
     supported = supported_pythons() if supported is None else supported
     shown = ".".join(map(str, version))
     try:
@@ -77,7 +78,7 @@ def check_python(version: tuple[int, int] = sys.version_info[:2], supported: str
     if not specifier.contains(f"{shown}.0"):
         return Check("python", FAIL, f"Python {shown} is outside rf-triton's supported range {supported}: some "
                                      "dependencies have no wheels for it (nvidia-pytriton needs numpy<2; "
-                                     "onnxruntime is pinned to 1.19.2)",
+                                     "onnxruntime is pinned)",
                      "create the virtualenv with Python 3.11 or 3.12: python3.12 -m venv .venv && "
                      ".venv/bin/pip install -e .")
     return Check("python", OK, f"Python {shown} ({sys.executable}), within {supported}")
@@ -227,6 +228,33 @@ def _parses(path: Path) -> bool:
     return True
 
 
+def check_release(model_dir: Path, repository: Path) -> Check:
+    """The release the newest version was exported for, and whether the installed ONNX Runtime is its own."""
+    name = f"{model_dir.name}: release"
+    recorded = [v for v in repo_format.versions(model_dir) if (model_dir / str(v) / METADATA_FILENAME).is_file()]
+    if not recorded:
+        return Check(name, WARN, f"no version of {model_dir.name} has a {METADATA_FILENAME}", "")
+    path = model_dir / str(max(recorded)) / METADATA_FILENAME
+    try:
+        metadata = json.loads(path.read_text())
+    except (OSError, ValueError):
+        metadata = {}
+    tag = metadata.get("triton_release")
+    if tag not in releases.RELEASES:
+        return Check(name, WARN, f"version {max(recorded)} records no Triton release of rf-triton's table ({path})",
+                     f"re-export it: rf-triton export --repository {repository} --name {model_dir.name} "
+                     "--triton-release YY.MM")
+    release, installed = releases.RELEASES[tag], releases.installed_onnxruntime()
+    if metadata.get("format") == "fil":
+        return Check(name, OK, f"exported for Triton {release.tag} (server {release.server}), FIL backend: "
+                               f"treelite {release.treelite or 'not stated'}, {release.fil_engine or 'engine not stated'}")
+    detail = f"exported for {release.describe()}"
+    if installed != release.onnxruntime.version:
+        return Check(name, WARN, f"{detail}; installed onnxruntime {installed}: the embedded server's answers are "
+                                 f"not that release's", f"pip install onnxruntime=={release.onnxruntime.version}")
+    return Check(name, OK, f"{detail}; installed onnxruntime is its own")
+
+
 def check_models(repository: Path) -> tuple[list[Check], dict[str, mc.ModelConfig]]:
     """Rows for every model, and the configs of the models that passed all of them."""
     rows: list[Check] = []
@@ -237,7 +265,7 @@ def check_models(repository: Path) -> tuple[list[Check], dict[str, mc.ModelConfi
                       f"export one: rf-triton export --repository {repository}")], healthy
     for model_dir in model_dirs:
         model_rows, config = check_model(model_dir)
-        rows += model_rows
+        rows += model_rows + [check_release(model_dir, repository)]
         if config is not None:
             healthy[model_dir.name] = config
     return rows, healthy
