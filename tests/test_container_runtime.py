@@ -1,5 +1,5 @@
-"""Export's parity check and the embedded server run the ONNX Runtime of the container the
-repository targets (1.19.2 in 24.10): what they compute is what production computes."""
+"""Export's parity check and the embedded server run the ONNX Runtime of the default release of the
+table (rf_triton/releases.py): what they compute is what that container computes."""
 
 from __future__ import annotations
 
@@ -9,16 +9,19 @@ import onnxruntime
 import pytest
 from onnx import TensorProto, helper
 
+from rf_triton import releases
 from rf_triton.export import onnx_convert
 from rf_triton.export.errors import ExportError
+from rf_triton.export.pipeline import check_release
 
 
-def test_the_installed_onnx_runtime_is_the_containers():
-    assert onnxruntime.__version__ == onnx_convert.CONTAINER_ORT
+def test_the_installed_onnx_runtime_is_the_default_releases():
+    assert onnxruntime.__version__ == onnx_convert.CONTAINER_ORT == releases.DEFAULT.onnxruntime.version
 
 
 def test_every_exported_kind_records_the_runtime_it_was_checked_with(tmp_path):
-    """The kinds served in test_model_kinds were checked under this runtime: metadata says which."""
+    """The kinds served in test_model_kinds were checked under this runtime: metadata says which,
+    and which release (server, ONNX Runtime) the version was exported for."""
     from sklearn.ensemble import ExtraTreesClassifier
 
     from rf_triton.export import sources
@@ -29,10 +32,13 @@ def test_every_exported_kind_records_the_runtime_it_was_checked_with(tmp_path):
     trained = sources.TrainedModel(forest, ["a", "b", "c"], X, "test")
     result = export_model(trained, tmp_path / "repo")
     assert result.metadata["versions"]["onnxruntime"] == onnx_convert.CONTAINER_ORT
+    assert result.metadata["triton_release"] == releases.DEFAULT.tag
+    assert result.metadata["triton_server"] == releases.DEFAULT.server
+    assert result.metadata["triton_onnxruntime"] == releases.DEFAULT.onnxruntime.version
 
 
 def tree_ensemble_opset5() -> bytes:
-    """A one-split TreeEnsemble (ai.onnx.ml opset 5, double precision): ONNX Runtime has it from 1.20."""
+    """A one-split TreeEnsemble (ai.onnx.ml opset 5, double precision): ONNX Runtime runs it from 1.21."""
     node = helper.make_node(
         "TreeEnsemble", ["X"], ["Y"], domain="ai.onnx.ml",
         tree_roots=[0], nodes_modes=helper.make_tensor("modes", TensorProto.UINT8, [1], [0]),
@@ -48,12 +54,22 @@ def tree_ensemble_opset5() -> bytes:
     return model.SerializeToString()
 
 
-def test_a_graph_the_container_cannot_load_is_refused_in_one_line():
+def test_a_graph_an_older_release_cannot_load_is_refused_in_one_line():
+    """24.10 runs ONNX Runtime 1.19.2, which has no TreeEnsemble kernel (ai.onnx.ml opset 5)."""
     with pytest.raises(ExportError) as refused:
-        onnx_convert.session(tree_ensemble_opset5())
+        check_release(tree_ensemble_opset5(), "onnx", releases.get("24.10"))
     message = str(refused.value)
-    assert message.startswith(f"ONNX Runtime {onnx_convert.CONTAINER_ORT} cannot load this graph")
-    assert "\n" not in message
+    assert message.startswith("Triton 24.10 (server 2.51.0, ONNX Runtime 1.19.2) cannot load this graph")
+    assert "ai.onnx.ml opset 5" in message and "up to 4" in message and "\n" not in message
+
+
+def test_the_default_releases_runtime_runs_that_graph():
+    """The same graph under the default release: the check lets it through, and the installed
+    ONNX Runtime (the default release's) computes it."""
+    check_release(tree_ensemble_opset5(), "onnx", releases.DEFAULT)
+    sess = onnx_convert.session(tree_ensemble_opset5())
+    (answer,) = sess.run(None, {"X": np.array([[0.0], [1.0]])})
+    assert answer.ravel().tolist() == [1.0, 2.0]
 
 
 def forests(X) -> dict:
