@@ -23,6 +23,7 @@ from sklearn.preprocessing import StandardScaler
 from typer.testing import CliRunner
 from tritonclient.grpc import model_config_pb2 as mc
 
+from rf_triton import releases
 from rf_triton.export import fil, parity, probes, sources
 from rf_triton.export.errors import ExportError
 from rf_triton.export.parity import relative_errors
@@ -31,6 +32,7 @@ from rf_triton.serve import runtime_repository
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
+CLASSIFIER_FLAG = releases.DEFAULT.fil_parameters.is_classifier  # export targets the default release
 
 
 def export(*args: str):
@@ -70,7 +72,7 @@ def test_layout_and_config_are_what_the_fil_backend_reads(fil_repository):
     assert config.backend == "fil" and config.platform == ""
     assert config.default_model_filename == "checkpoint.tl"
     assert config.parameters["model_type"].string_value == "treelite_checkpoint"
-    assert config.parameters["output_class"].string_value == "false"
+    assert config.parameters[CLASSIFIER_FLAG].string_value == "false"
     assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [("input__0", mc.TYPE_FP32, [5])]
     assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [("output__0", mc.TYPE_FP32, [1])]
     assert config.max_batch_size == 1024 and config.HasField("dynamic_batching")
@@ -292,8 +294,8 @@ def test_thresholds_route_float32_inputs_exactly_as_sklearn_in_float32():
 @pytest.mark.parametrize("forest_type,target", KINDS[:3] + KINDS[4:5])
 def test_signature_and_parameters_fil_24_10_needs(forest_type, target):
     """output__0: values (dims [1], served [N]) or probabilities (dims [n_classes], served [N, n_classes]
-    in classes_ order, labels.txt). r24.10 reads output_class with no default, and threshold whenever
-    output_class is true; predict_proba makes output__0 the probabilities. Booleans are parsed as
+    in classes_ order, labels.txt). The FIL backend reads its classifier flag (output_class up to
+    25.08, is_classifier from 25.09) with no default, and threshold whenever it is true; predict_proba makes output__0 the probabilities. Booleans are parsed as
     exactly "true"/"false" (rapids-triton get_config_param)."""
     trained = _trained(forest_type, target)
     found = fil.signature(fil.convert(trained), trained)
@@ -303,13 +305,13 @@ def test_signature_and_parameters_fil_24_10_needs(forest_type, target):
     parameters = fil.config_parameters(found)
     if target == "regression":
         assert (output.name, output.dims, output.label_filename) == ("output__0", (1,), "")
-        assert parameters == {"output_class": "false"}
+        assert parameters == {CLASSIFIER_FLAG: "false"}
         assert fil.response_shape(output, 7) == (7,) and fil.response_shape(output, 1) == (1,)
     else:
         n_classes = len(trained.classes)
         assert (output.name, output.dims, output.label_filename) == ("output__0", (n_classes,), "labels.txt")
         assert found.classes == trained.classes and found.label is None
-        assert parameters["output_class"] == "true" and parameters["predict_proba"] == "true"
+        assert parameters[CLASSIFIER_FLAG] == "true" and parameters["predict_proba"] == "true"
         assert 0 < float(parameters["threshold"]) < 1
         assert fil.response_shape(output, 7) == (7, n_classes)
 
@@ -345,7 +347,7 @@ def test_cli_exports_a_classifier_for_fil(tmp_path, target):
     model_dir = tmp_path / "repo" / "random_forest"
     config = read_config(model_dir / "config.pbtxt")
     parameters = {k: v.string_value for k, v in config.parameters.items()}
-    assert parameters["output_class"] == "true" and parameters["predict_proba"] == "true"
+    assert parameters[CLASSIFIER_FLAG] == "true" and parameters["predict_proba"] == "true"
     assert parameters["model_type"] == "treelite_checkpoint" and float(parameters["threshold"]) == 0.5
     (output,) = config.output
     assert (output.name, list(output.dims), output.label_filename) == \

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The release matrix: every ONNX Runtime and the oldest and newest treelite of rf_triton/releases.py,
+# each in its own small virtualenv, run the models the project exports and must answer like sklearn.
+#
+#   .ci/release_matrix.sh [RESULT.json]      (default benchmarks/results/release_matrix.json, and .md)
+#
+# Needs the project virtualenv (.venv, or PYTHON=...). Wheels are downloaded once into
+# $RF_TRITON_MATRIX_CACHE (default ~/.cache/rf-triton-matrix/wheels), then installed from there
+# with --no-index. Exits 1 if any version fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-.venv/bin/python}"
+RESULT="${1:-benchmarks/results/release_matrix.json}"
+WHEELS="${RF_TRITON_MATRIX_CACHE:-$HOME/.cache/rf-triton-matrix}/wheels"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/rf-triton-matrix.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+mkdir -p "$WHEELS" "$WORK/results"
+# The small virtualenvs use the interpreter the project venv was made from (same Python version).
+BASE_PYTHON="$("$PYTHON" -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')"
+NUMPY_PIN="$("$PYTHON" -c 'import numpy; print(f"numpy=={numpy.__version__}")')"
+read -r -a ORT_VERSIONS <<< "$("$PYTHON" -c 'from rf_triton import releases; print(*releases.onnxruntime_versions())')"
+read -r -a TREELITE_VERSIONS <<< "$("$PYTHON" -c 'from rf_triton import releases; v = releases.treelite_versions(); print(v[0], v[-1])')"
+TIMING="$WORK/timing.txt"
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+
+# A venv holding only PACKAGE==VERSION and numpy, from cached wheels (downloaded the first time).
+small_venv() {
+  local package="$1" version="$2" venv="$WORK/venv-$1-$2"
+  if ! ls "$WHEELS/${package}-${version}-"*.whl >/dev/null 2>&1; then
+    "$PYTHON" -m pip download -q -d "$WHEELS" --only-binary=:all: "${package}==${version}" "$NUMPY_PIN"
+  fi
+  "$BASE_PYTHON" -m venv --without-pip "$venv"  # the project venv's pip installs into it: no ensurepip per venv
+  "$PYTHON" -m pip --python "$venv/bin/python" install -q --no-index --find-links "$WHEELS" \
+    "${package}==${version}" "$NUMPY_PIN"
+  echo "$venv"
+}
+
+started="$(now)"
+step="$(now)"
+"$PYTHON" .ci/release_matrix.py export "$WORK/export"
+echo "export $(elapsed "$step")" >> "$TIMING"
+
+status=0
+for version in "${ORT_VERSIONS[@]}"; do
+  step="$(now)"
+  venv="$(small_venv onnxruntime "$version")"
+  "$venv/bin/python" .ci/release_matrix.py check-onnx "$WORK/export" "$WORK/results/onnxruntime-$version.json" || status=1
+  echo "onnxruntime-$version $(elapsed "$step")" >> "$TIMING"
+  rm -rf "$venv"
+done
+for version in "${TREELITE_VERSIONS[@]}"; do
+  step="$(now)"
+  venv="$(small_venv treelite "$version")"
+  "$venv/bin/python" .ci/release_matrix.py check-fil "$WORK/export" "$WORK/results/treelite-$version.json" || status=1
+  echo "treelite-$version $(elapsed "$step")" >> "$TIMING"
+  rm -rf "$venv"
+done
+echo "total $(elapsed "$started")" >> "$TIMING"
+"$PYTHON" - "$TIMING" "$WORK/export/timing.json" <<'PY'
+import json, sys
+pairs = [line.split() for line in open(sys.argv[1]) if line.strip()]
+json.dump({name: float(seconds) for name, seconds in pairs}, open(sys.argv[2], "w"), indent=2)
+PY
+cp -r "$WORK/results" "$WORK/export/results"
+"$PYTHON" .ci/release_matrix.py report "$WORK/export" "$RESULT" || status=1
+exit "$status"
