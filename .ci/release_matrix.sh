@@ -25,14 +25,17 @@ TIMING="$WORK/timing.txt"
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
-# A venv holding only PACKAGE==VERSION and numpy, from cached wheels (downloaded the first time).
+# A venv holding only PACKAGE==VERSION and numpy (and, for treelite, the packaging and scipy it
+# imports), from cached wheels downloaded the first time.
 small_venv() {
-  local package="$1" version="$2" venv="$WORK/venv-$1-$2"
+  local package="$1" version="$2" venv="$WORK/venv-$1-$2" deps=(--no-deps)
+  [[ "$package" == treelite ]] && deps=()
   if ! ls "$WHEELS/${package}-${version}-"*.whl >/dev/null 2>&1; then
     "$PYTHON" -m pip download -q -d "$WHEELS" --only-binary=:all: "${package}==${version}" "$NUMPY_PIN"
   fi
   "$BASE_PYTHON" -m venv --without-pip "$venv"  # the project venv's pip installs into it: no ensurepip per venv
-  "$PYTHON" -m pip --python "$venv/bin/python" install -q --no-index --find-links "$WHEELS" \
+  # onnxruntime: --no-deps, its sympy/coloredlogs serve its tools, not the InferenceSession checked here.
+  "$PYTHON" -m pip --python "$venv/bin/python" install -q "${deps[@]}" --no-index --find-links "$WHEELS" \
     "${package}==${version}" "$NUMPY_PIN"
   echo "$venv"
 }

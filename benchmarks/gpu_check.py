@@ -7,7 +7,7 @@ rule (rf_triton.export.parity.relative_errors) on the very rows that were timed.
 
     python -m rf_triton.benchmarks.gpu_check prepare WORK --batch-sizes 1024,16384
     python -m rf_triton.benchmarks.gpu_check cpu WORK --batch-sizes 1024 --seconds 3
-    python -m rf_triton.benchmarks.gpu_check cuml WORK --batch-sizes 1024 --seconds 3
+    python -m rf_triton.benchmarks.gpu_check nvforest WORK --batch-sizes 1024 --seconds 3
     python -m rf_triton.benchmarks.gpu_check served WORK --url 127.0.0.1:18000 --batch 1024 --rows-per-s 5e6 ...
 """
 
@@ -112,19 +112,37 @@ def cpu(work: Path, batch_sizes: Annotated[str, typer.Option()] = "1024,16384",
                 batch_sizes, seconds)
 
 
-@app.command()
-def cuml(work: Path, batch_sizes: Annotated[str, typer.Option()] = "1024,16384",
-         seconds: Annotated[float, typer.Option(min=0.01)] = 3.0) -> None:
-    """cuML FIL in-process on the very checkpoint.tl the FIL backend serves; the host→device copy is timed."""
-    from cuml.fil import ForestInference
-
-    load_reference(work)
-    checkpoint = str(model_file(work, "fil", "checkpoint.tl"))
+def gpu_forest(checkpoint: str):
+    """The checkpoint on the GPU, in-process: nvForest (RAPIDS; what the FIL backend runs from 26.06),
+    else cuML's FIL (deprecated in 26.06, removed in 26.10) with a message saying so."""
+    try:
+        import nvforest
+    except ImportError:
+        nvforest = None
+    if nvforest is not None:
+        model = nvforest.load_model(checkpoint, model_type="treelite_checkpoint", device="gpu")
+        return "nvforest", model.predict
+    try:
+        from cuml.fil import ForestInference
+    except ImportError:
+        raise fail("neither nvForest nor cuML imports: pip install nvforest-cu12 (CUDA 12) or nvforest-cu13 "
+                   "(CUDA 13), or run --mode triton") from None
+    typer.echo("note: nvForest is not installed (pip install nvforest-cu12); timing cuml.fil instead, which "
+               "cuML deprecates in 26.06 and removes in 26.10", err=True)
     try:  # cuML < 25.x spells the regressor flag output_class, later releases is_classifier
         model = ForestInference.load(checkpoint, model_type="treelite_checkpoint", output_class=False)
     except TypeError:
         model = ForestInference.load(checkpoint, model_type="treelite_checkpoint", is_classifier=False)
-    time_engine(work, "gpu", "cuml-fil", model.predict, batch_sizes, seconds)
+    return "cuml-fil", model.predict
+
+
+@app.command("nvforest")
+def nvforest_engine(work: Path, batch_sizes: Annotated[str, typer.Option()] = "1024,16384",
+                    seconds: Annotated[float, typer.Option(min=0.01)] = 3.0) -> None:
+    """nvForest in-process on the very checkpoint.tl the FIL backend serves; the host→device copy is timed."""
+    load_reference(work)
+    engine, predict = gpu_forest(str(model_file(work, "fil", "checkpoint.tl")))
+    time_engine(work, "gpu", engine, predict, batch_sizes, seconds)
 
 
 @app.command()

@@ -3,13 +3,13 @@
 # the demo forest (50 trees, depth 10, 5 features) on an NVIDIA GPU next to ONNX Runtime on this
 # machine's CPU, and compares every engine's predictions with sklearn's on the same rows.
 #
-#   benchmarks/gpu_check.sh                 # cuML FIL in-process if cuml imports, else Triton in Docker
-#   benchmarks/gpu_check.sh --mode cuml     # pip install cuml-cu12 first (RAPIDS)
-#   benchmarks/gpu_check.sh --mode triton   # docker + NVIDIA Container Toolkit; stock 24.10 images,
+#   benchmarks/gpu_check.sh                 # nvForest in-process if it (or cuml) imports, else Triton in Docker
+#   benchmarks/gpu_check.sh --mode nvforest # pip install nvforest-cu12 first (RAPIDS); falls back to cuml.fil
+#   benchmarks/gpu_check.sh --mode triton   # docker + NVIDIA Container Toolkit; stock 26.08 images,
 #                                           # perf_analyzer from the -sdk image, FIL (GPU) vs onnxruntime (CPU)
 #   benchmarks/gpu_check.sh --cpu-only      # only the CPU ONNX Runtime figure (no GPU needed)
 #
-# Options: --batch-sizes 1024,16384 --seconds 3 --python PATH --tag 24.10 --concurrency 4
+# Options: --batch-sizes 1024,16384 --seconds 3 --python PATH --tag 26.08 --concurrency 4
 # Output: one line per measurement, `device engine batch=N rows/s=R max_rel_err=E` (E: largest
 # relative error against sklearn on the timed rows, the export's parity rule), then the GPU/CPU ratio.
 set -euo pipefail
@@ -19,7 +19,7 @@ MODE=auto
 BATCH_SIZES=1024,16384
 SECONDS_PER_POINT=3
 CONCURRENCY=4
-TAG="${TRITON_TAG:-24.10}"
+TAG="${TRITON_TAG:-26.08}"  # the default release of rf_triton/releases.py
 CPU_ONLY=0
 PYTHON="${PYTHON:-}"
 
@@ -38,7 +38,7 @@ while [[ $# -gt 0 ]]; do
     *) echo "error: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
 done
-case "$MODE" in auto|cuml|triton) ;; *) echo "error: --mode must be auto, cuml or triton" >&2; exit 2 ;; esac
+case "$MODE" in auto|nvforest|triton) ;; *) echo "error: --mode must be auto, nvforest or triton" >&2; exit 2 ;; esac
 if [[ ! "$BATCH_SIZES" =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]]; then
   echo "error: --batch-sizes takes numbers separated by commas, e.g. 1024,16384" >&2; exit 2
 fi
@@ -83,11 +83,15 @@ fi
 nvidia-smi -L
 
 if [[ "$MODE" == auto ]]; then
-  if "$PYTHON" -c "import cuml" >/dev/null 2>&1; then MODE=cuml; else MODE=triton; fi
+  if "$PYTHON" -c "import nvforest" >/dev/null 2>&1 || "$PYTHON" -c "import cuml" >/dev/null 2>&1; then
+    MODE=nvforest
+  else
+    MODE=triton
+  fi
 fi
 
-if [[ "$MODE" == cuml ]]; then
-  check cuml "$WORK" --batch-sizes "$BATCH_SIZES" --seconds "$SECONDS_PER_POINT" > "$WORK/gpu.txt"
+if [[ "$MODE" == nvforest ]]; then
+  check nvforest "$WORK" --batch-sizes "$BATCH_SIZES" --seconds "$SECONDS_PER_POINT" > "$WORK/gpu.txt"
 else
   command -v docker >/dev/null 2>&1 || { echo "error: --mode triton needs docker with the NVIDIA Container Toolkit" >&2; exit 3; }
   IMAGE="nvcr.io/nvidia/tritonserver:${TAG}-py3"
@@ -96,7 +100,7 @@ else
   for variant in fil onnx; do
     HTTP_PORT=18000; GRPC_PORT=18001
     CONTAINER="rf-triton-gpu-check-$$-$variant"
-    # Mounted writable, not :ro: the FIL backend (r24.10 tl_utils.h) opens checkpoint.tl with a
+    # Mounted writable, not :ro: the FIL backend (r24.10 tl_utils.h and later) opens checkpoint.tl with a
     # read-write std::fstream and cannot load it from a read-only mount (Triton issues #8610, #8323).
     docker run -d --rm --name "$CONTAINER" --gpus all --shm-size 1g -p "127.0.0.1:$HTTP_PORT:8000" \
       -p "127.0.0.1:$GRPC_PORT:8001" -v "$WORK/$variant:/models" "$IMAGE" \

@@ -256,3 +256,30 @@ def answers_statement(installed: str | None) -> str:
     tags = ", ".join(release.tag for release in matching)
     return (f"answers computed by ONNX Runtime {installed}, the onnxruntime backend's in Triton {tags} "
             f"(embedded server: Triton {EMBEDDED_SERVER}, Python backend)")
+
+
+TABLE_HEADERS = {
+    "en": ("container", "server", "ONNX Runtime", "ai.onnx / ai.onnx.ml opset, IR", "FIL: treelite, engine",
+           "FIL classifier flag"),
+    "fr": ("conteneur", "serveur", "ONNX Runtime", "opset ai.onnx / ai.onnx.ml, IR", "FIL : treelite, moteur",
+           "drapeau classifieur FIL"),
+}
+NOT_STATED_TEXT = {"en": "not stated", "fr": "non indiqué"}
+
+
+def markdown_table(language: str = "en") -> str:
+    """The table as the README and the guides show it (tests/test_releases.py compares them)."""
+    headers, missing = TABLE_HEADERS[language], NOT_STATED_TEXT[language]
+
+    def value(item) -> str:
+        return missing if item is None else str(item)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for release in RELEASES.values():
+        ort = release.onnxruntime
+        tag = f"**{release.tag}**" if release is DEFAULT else release.tag
+        fil = missing if release.treelite is None else f"{release.treelite}, {release.fil_engine}"
+        lines.append(f"| {tag} | {release.server} | {ort.version} | {value(ort.onnx_opset)} / "
+                     f"{value(ort.onnx_ml_opset)}, IR {value(ort.ir_version)} | {fil} | "
+                     f"`{release.fil_parameters.is_classifier}` |")
+    return "\n".join(lines)

@@ -112,3 +112,29 @@ def test_fil_parameters_follow_the_release_and_a_reexport_drops_the_other_names(
     assert result.metadata["triton_release"] == "26.08"
     assert fil.config_parameters(fil.signature(fil.convert(trained), trained), releases.get("25.08").fil_parameters) \
         == {"output_class": "true", "threshold": "0.5", "predict_proba": "true"}
+
+
+def test_docs_show_the_table_as_built():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for path, language in (("README.md", "en"), ("docs/guide.md", "en"), ("docs/guide.fr.md", "fr")):
+        assert releases.markdown_table(language) in (root / path).read_text(), path
+
+
+def test_compose_manifests_and_gpu_check_name_the_default_release():
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    image = releases.DEFAULT.image
+    compose = yaml.safe_load((root / "docker-compose.yml").read_text())
+    assert compose["x-triton"]["image"].replace("${TRITON_TAG:-", "").replace("}", "") == image
+    for path in sorted((root / "deploy" / "kubernetes" / "kserve").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "InferenceService":
+                assert doc["spec"]["predictor"]["model"]["runtimeVersion"] == f"{releases.DEFAULT.tag}-py3", path
+    assert f"image: {image}" in (root / "deploy" / "kubernetes" / "plain" / "deployment.yaml").read_text()
+    assert f'TAG="${{TRITON_TAG:-{releases.DEFAULT.tag}}}"' in (root / "benchmarks" / "gpu_check.sh").read_text()
+    assert f'"onnxruntime=={releases.DEFAULT.onnxruntime.version}"' in (root / "pyproject.toml").read_text()
