@@ -35,7 +35,7 @@ small_venv() {
   fi
   "$BASE_PYTHON" -m venv --without-pip "$venv"  # the project venv's pip installs into it: no ensurepip per venv
   # onnxruntime: --no-deps, its sympy/coloredlogs serve its tools, not the InferenceSession checked here.
-  "$PYTHON" -m pip --python "$venv/bin/python" install -q "${deps[@]}" --no-index --find-links "$WHEELS" \
+  "$PYTHON" -m pip --python "$venv/bin/python" install -q --no-compile "${deps[@]}" --no-index --find-links "$WHEELS" \
     "${package}==${version}" "$NUMPY_PIN"
   echo "$venv"
 }
@@ -46,18 +46,15 @@ step="$(now)"
 echo "export $(elapsed "$step")" >> "$TIMING"
 
 status=0
-for version in "${ORT_VERSIONS[@]}"; do
+runs=()
+for version in "${ORT_VERSIONS[@]}"; do runs+=("onnxruntime $version check-onnx"); done
+for version in "${TREELITE_VERSIONS[@]}"; do runs+=("treelite $version check-fil"); done
+for run in "${runs[@]}"; do
+  read -r package version command <<< "$run"
   step="$(now)"
-  venv="$(small_venv onnxruntime "$version")"
-  "$venv/bin/python" .ci/release_matrix.py check-onnx "$WORK/export" "$WORK/results/onnxruntime-$version.json" || status=1
-  echo "onnxruntime-$version $(elapsed "$step")" >> "$TIMING"
-  rm -rf "$venv"
-done
-for version in "${TREELITE_VERSIONS[@]}"; do
-  step="$(now)"
-  venv="$(small_venv treelite "$version")"
-  "$venv/bin/python" .ci/release_matrix.py check-fil "$WORK/export" "$WORK/results/treelite-$version.json" || status=1
-  echo "treelite-$version $(elapsed "$step")" >> "$TIMING"
+  venv="$(small_venv "$package" "$version")"
+  "$venv/bin/python" .ci/release_matrix.py "$command" "$WORK/export" "$WORK/results/$package-$version.json" || status=1
+  echo "$package-$version $(elapsed "$step")" >> "$TIMING"
   rm -rf "$venv"
 done
 echo "total $(elapsed "$started")" >> "$TIMING"

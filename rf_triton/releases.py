@@ -36,6 +36,9 @@ class OnnxRuntime:
     onnx_ml_opset: int | None
     ir_version: int | None
     source: str
+    # What this version computes wrongly for a binary TreeEnsembleClassifier, if anything: export
+    # refuses such a graph for its releases (the release matrix checks the defect is still there).
+    binary_classifier_defect: str | None = None
 
     def limits(self) -> dict[str, int | None]:
         return {ONNX_DOMAIN: self.onnx_opset, ML_DOMAIN: self.onnx_ml_opset}
@@ -104,9 +107,15 @@ def _key(tag: str) -> tuple[int, int]:
     return int(year), int(month)
 
 
-def _ort(version: str, onnx_opset: int, onnx_ml_opset: int, ir_version: int, documented: bool = False) -> OnnxRuntime:
+def _ort(version: str, onnx_opset: int, onnx_ml_opset: int, ir_version: int, documented: bool = False,
+         binary_classifier_defect: str | None = None) -> OnnxRuntime:
     source = f"{ORT_COMPATIBILITY}; {PROBED}" if documented else PROBED
-    return OnnxRuntime(version, onnx_opset, onnx_ml_opset, ir_version, source)
+    return OnnxRuntime(version, onnx_opset, onnx_ml_opset, ir_version, source, binary_classifier_defect)
+
+
+# Seen in the release matrix: every binary classifier's probabilities came back [-p, p], not [1 - p, p].
+NEGATED_BINARY_SCORES = ("answers a binary TreeEnsembleClassifier's first probability as -p instead of 1 - p "
+                         "(onnxruntime issue #28557, a regression of 1.26.0 that 1.28.0 no longer shows)")
 
 
 # The ONNX Runtime versions Triton's releases ship. ONNX Runtime's compatibility table stops at 1.20
@@ -124,7 +133,7 @@ ONNX_RUNTIMES = {ort.version: ort for ort in (
     _ort("1.24.1", 25, 5, 13),
     _ort("1.24.2", 25, 5, 13),
     _ort("1.24.4", 25, 5, 13),
-    _ort("1.27.0", 26, 5, 13),
+    _ort("1.27.0", 26, 5, 13, binary_classifier_defect=NEGATED_BINARY_SCORES),
     _ort("1.28.0", 26, 5, 13),
 )}
 
@@ -225,13 +234,21 @@ def problems_loading(model, release: Release) -> list[str]:
     if ort.ir_version is not None and model.ir_version > ort.ir_version:
         problems.append(f"the graph has IR version {model.ir_version}, ONNX Runtime {ort.version} reads up to "
                         f"{ort.ir_version}")
+    if ort.binary_classifier_defect and any(_binary_tree_classifier(node) for node in model.graph.node):
+        problems.append(f"ONNX Runtime {ort.version} {ort.binary_classifier_defect}")
     return problems
 
 
+def _binary_tree_classifier(node) -> bool:
+    if node.op_type != "TreeEnsembleClassifier":
+        return False
+    labels = {a.name: len(a.ints) or len(a.strings) for a in node.attribute if a.name.startswith("classlabels_")}
+    return any(count == 2 for count in labels.values())
+
+
 def refusal(problems: list[str], release: Release) -> str:
-    """One line saying why the graph cannot be served by `release`, and what to do."""
-    return (f"{release.describe()} cannot load this graph: {'; '.join(problems)}; "
-            f"export for a newer --triton-release, or convert with lower opsets")
+    """One line saying why `release` cannot serve the graph as sklearn answers, and what to do."""
+    return f"{release.describe()} cannot serve this graph: {'; '.join(problems)}; export for another --triton-release"
 
 
 def installed_onnxruntime() -> str | None:

@@ -59,7 +59,7 @@ def test_a_graph_an_older_release_cannot_load_is_refused_in_one_line():
     with pytest.raises(ExportError) as refused:
         check_release(tree_ensemble_opset5(), "onnx", releases.get("24.10"))
     message = str(refused.value)
-    assert message.startswith("Triton 24.10 (server 2.51.0, ONNX Runtime 1.19.2) cannot load this graph")
+    assert message.startswith("Triton 24.10 (server 2.51.0, ONNX Runtime 1.19.2) cannot serve this graph")
     assert "ai.onnx.ml opset 5" in message and "up to 4" in message and "\n" not in message
 
 

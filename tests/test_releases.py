@@ -51,9 +51,9 @@ def test_every_release_loads_what_export_writes():
     X = np.random.default_rng(0).integers(0, 10, size=(200, 3)).astype(np.float32)
     from sklearn.ensemble import RandomForestClassifier
 
-    forest = RandomForestClassifier(5, random_state=0).fit(X, np.where(X[:, 0] > 4, "high", "low"))
+    forest = RandomForestClassifier(5, random_state=0).fit(X, np.digitize(X[:, 0], [3, 6]).astype(str))
     graph = onnx_convert.convert(sources.TrainedModel(forest, ["a", "b", "c"], X, "test"))
-    for release in releases.RELEASES.values():
+    for release in releases.RELEASES.values():  # binary classifiers: 26.07 refuses them (the test below)
         assert releases.problems_loading(graph, release) == [], release.tag
 
 
@@ -138,3 +138,25 @@ def test_compose_manifests_and_gpu_check_name_the_default_release():
     assert f"image: {image}" in (root / "deploy" / "kubernetes" / "plain" / "deployment.yaml").read_text()
     assert f'TAG="${{TRITON_TAG:-{releases.DEFAULT.tag}}}"' in (root / "benchmarks" / "gpu_check.sh").read_text()
     assert f'"onnxruntime=={releases.DEFAULT.onnxruntime.version}"' in (root / "pyproject.toml").read_text()
+
+
+def test_a_binary_classifier_for_26_07_is_refused_in_one_line(tmp_path):
+    """ONNX Runtime 1.27.0 answers [-p, p] for binary tree classifiers: export for 26.07 refuses them,
+    writes nothing, and still exports a multiclass one."""
+    import joblib
+    from sklearn.ensemble import RandomForestClassifier
+
+    X = np.random.default_rng(0).integers(0, 10, size=(300, 3)).astype(np.float32)
+    repo = tmp_path / "repo"
+    binary = tmp_path / "binary.joblib"
+    joblib.dump(RandomForestClassifier(5, random_state=0).fit(X, (X[:, 0] > 4).astype(int)), binary)
+    result = runner.invoke(app, ["export", "--model", str(binary), "--repository", str(repo), "--triton-release", "26.07"])
+    assert result.exit_code == 1
+    (line,) = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert "Triton 26.07" in line and "#28557" in line and "-p instead of 1 - p" in line
+    assert not repo.exists()
+    multiclass = tmp_path / "multiclass.joblib"
+    joblib.dump(RandomForestClassifier(5, random_state=0).fit(X, np.digitize(X[:, 0], [3, 6])), multiclass)
+    result = runner.invoke(app, ["export", "--model", str(multiclass), "--repository", str(repo),
+                                 "--triton-release", "26.07"])
+    assert result.exit_code == 0, result.output
