@@ -79,14 +79,14 @@ def test_export_for_24_10_records_it_and_warns_that_parity_ran_elsewhere(tmp_pat
     assert (metadata["triton_release"], metadata["triton_server"], metadata["triton_onnxruntime"]) == \
         ("24.10", "2.51.0", "1.19.2")
     assert "pip install onnxruntime==1.19.2" in result.output
-    row = doctor.check_release(repo / "random_forest", [1], repo)
+    row = doctor.check_release(repo / "random_forest", repo)
     assert row.status == doctor.WARN and "pip install onnxruntime==1.19.2" in row.fix
 
 
 def test_export_for_the_default_release_passes_doctor(tmp_path):
     repo = tmp_path / "repo"
     assert runner.invoke(app, ["export", "--repository", str(repo)]).exit_code == 0
-    row = doctor.check_release(repo / "random_forest", [1], repo)
+    row = doctor.check_release(repo / "random_forest", repo)
     assert row.status == doctor.OK and releases.DEFAULT.tag in row.detail
 
 
