@@ -61,7 +61,7 @@ def test_every_library_the_project_imports_is_declared():
     declared = {Requirement(text).name.lower().replace("_", "-") for text in project["dependencies"]}
     distributions = importlib.metadata.packages_distributions()
     own = {"rf_triton", "triton_python_backend_utils"}  # the latter: given by Triton's Python backend
-    own |= {"cuml"}  # benchmarks/gpu_check.py's RAPIDS engine: on a GPU host that has it, never installed by us
+    own |= {"cuml", "nvforest"}  # benchmarks/gpu_check.py's RAPIDS engines: on a GPU host that has them, never installed by us
     missing = {}
     for folder in project_source_folders():
         for source in folder.rglob("*.py"):

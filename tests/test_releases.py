@@ -13,7 +13,7 @@ from rf_triton import releases
 from rf_triton.cli import app
 from rf_triton.export import fil, onnx_convert, sources
 from rf_triton.export.pipeline import export_model
-from rf_triton.export.triton_config import read_config
+from rf_triton.repository import read_config
 from rf_triton.serve import doctor
 
 runner = CliRunner()
