@@ -50,7 +50,9 @@ def _add_missing_extra_command(app, command: str, extra: str, missing: list[str]
 
     message = f"rf-triton {command} needs the {extra} extra (missing: {', '.join(missing)}): {install_hint(extra)}"
 
-    @app.command(command, help=f"Needs the {extra} extra: {install_hint(extra)}", add_help_option=False,
+    from rich.markup import escape
+
+    @app.command(command, help=escape(f"Needs the {extra} extra: {install_hint(extra)}"), add_help_option=False,
                  context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
     def missing_extra() -> None:
         raise fail(message)
