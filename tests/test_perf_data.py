@@ -9,7 +9,9 @@ import json
 import platform
 import shutil
 import subprocess
+import sys
 import urllib.request
+from pathlib import Path
 
 import jsonschema
 import numpy as np
@@ -166,7 +168,8 @@ def test_perf_analyzer_runs_the_written_rows_against_the_embedded_server(triton,
     if glibc_version() < (2, 38):
         pytest.skip(f"the perf-analyzer wheel needs glibc >= 2.38; this machine has "
                     f"{'.'.join(map(str, glibc_version())) or 'no glibc'}")
-    binary = shutil.which("perf_analyzer")
+    beside = Path(sys.executable).with_name("perf_analyzer")  # pip install perf-analyzer, in this venv
+    binary = str(beside) if beside.is_file() else shutil.which("perf_analyzer")
     if binary is None:
         pytest.skip("perf_analyzer is not installed (pip install perf-analyzer)")
     rows, out = tmp_path / "rows.csv", tmp_path / "data.json"
