@@ -2,7 +2,7 @@
 
 Tabular traffic repeats rows (the same customer, the same product). Triton's response cache answers
 a request whose inputs it has seen from memory, before the batcher and the backend. The same model
-is served twice, as canonical and with `response_cache { enable: true }` on a server started with a
+is served twice at once, as canonical and with `response_cache { enable: true }` on a server with a
 local cache; each gets 1-row gRPC requests cycling over a small pool of rows (repeated) and over a
 pool larger than the measured window (every row new). The hit rate is Triton's own count (the
 statistics extension), not an assumption about the pools.
@@ -10,6 +10,7 @@ statistics extension), not an assumption about the pools.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import tempfile
@@ -28,7 +29,7 @@ from . import configs, loadgen
 class CacheOptions:
     repository: Path = Path("model_repository")
     model: str = "random_forest"
-    concurrency: int = 16
+    concurrencies: tuple[int, ...] = (1, 16)  # a lone client (latency) and a loaded server (throughput)
     repeated_rows: int = 64          # distinct rows of the repeated workload
     new_rows: int = 100_000          # distinct rows of the other: more than a measured window sends here
     cache_size: int = 64 << 20       # bytes of the server's local cache
@@ -64,7 +65,7 @@ class CacheReport:
     machine: str
     settings: str
     elapsed_s: float = 0.0
-    gains: dict[str, float] = field(default_factory=dict)  # workload → rows/s with the cache ÷ without
+    gains: dict[str, float] = field(default_factory=dict)  # "workload, cN" → rows/s with the cache ÷ without
 
 
 def cache_counts(server: EmbeddedTriton, model: str) -> tuple[int, int]:
@@ -78,58 +79,67 @@ def run_cache_bench(options: CacheOptions, machine: str, log=print) -> CacheRepo
     canonical = read_config(options.repository / options.model / CONFIG_FILENAME)
     n_features = int(canonical.input[0].dims[0])
     rng = np.random.default_rng(1)
-    workloads = {f"{options.repeated_rows} rows repeated": rng.standard_normal((options.repeated_rows, 1, n_features),
-                                                                            dtype=np.float32),
-                 "every row new": rng.standard_normal((options.new_rows, 1, n_features), dtype=np.float32)}
+    repeated = rng.standard_normal((options.repeated_rows, 1, n_features), dtype=np.float32)
+    # the repeated pool is the same every time; the new rows are drawn afresh for each measurement
+    workloads = {f"{options.repeated_rows} rows repeated": lambda: repeated,
+                 "every row new": lambda: rng.standard_normal((options.new_rows, 1, n_features), dtype=np.float32)}
     warmup_rows = rng.standard_normal((1000, 1, n_features), dtype=np.float32)  # warms the server, not the cache
     rows: list[CacheRow] = []
-    for cached in (False, True):
-        with tempfile.TemporaryDirectory(prefix="rf-triton-cache-bench-") as tmp:
-            repository = Path(tmp) / "repo"
+    with tempfile.TemporaryDirectory(prefix="rf-triton-cache-bench-") as tmp, contextlib.ExitStack() as running:
+        servers = {}
+        for cached in (False, True):  # both run at once: each pair of points is measured back to back
+            repository = Path(tmp) / ("cached" if cached else "canonical")
             configs.variant_repository(options.repository, options.model, repository,
                                        ServingOptions(response_cache=cached))
             server = EmbeddedTriton.on_free_ports(repository, extra_args=options.extra_server_args,
                                                   cache_size=options.cache_size if cached else 0)
-            server.start()
-            try:
-                target = loadgen.Target(server.endpoints.http, server.endpoints.grpc, options.model,
-                                        canonical.input[0].name, canonical.output[0].name)
-                for workload, pool in workloads.items():
-                    if options.warmup_s > 0:
-                        loadgen.run_grpc_pool(target, warmup_rows, options.concurrency, options.warmup_s, warmup_s=0)
-                    hits_before, misses_before = cache_counts(server, options.model)
-                    result = loadgen.run_grpc_pool(target, pool, options.concurrency, options.duration_s, warmup_s=0)
-                    hits, misses = cache_counts(server, options.model)
-                    row = CacheRow(workload, len(pool), cached, "grpc", options.concurrency, result.throughput,
-                                   result.rows_per_s, result.p50_ms, result.p99_ms, hits - hits_before,
-                                   misses - misses_before, result.errors)
+            running.callback(server.stop)
+            servers[cached] = server.start()
+        for concurrency in options.concurrencies:
+            for workload, pool in workloads.items():
+                for cached, server in servers.items():
+                    target = loadgen.Target(server.endpoints.http, server.endpoints.grpc, options.model,
+                                            canonical.input[0].name, canonical.output[0].name)
+                    row = measure(server, target, options, workload, pool(), warmup_rows, cached, concurrency)
                     rows.append(row)
-                    log(f"  cache {'on ' if cached else 'off'} {workload:18} {row.throughput:9,.0f} req/s "
-                        f"p99 {row.p99_ms:6.2f} ms  hits {row.cache_hits:,} misses {row.cache_misses:,}")
-            finally:
-                server.stop()
-    settings = (f"gRPC (grpc.aio), 1-row requests, concurrency {options.concurrency}, {options.duration_s:g} s "
-                f"per point; cache on: response_cache enabled, --cache-config=local,size={options.cache_size}")
+                    log(f"  cache {'on ' if cached else 'off'} c{concurrency:<3} {workload:18} "
+                        f"{row.throughput:9,.0f} req/s p50 {row.p50_ms:6.3f} p99 {row.p99_ms:6.2f} ms  "
+                        f"hits {row.cache_hits:,} misses {row.cache_misses:,}")
+    settings = (f"gRPC (grpc.aio), 1-row requests, {options.duration_s:g} s per point; cache on: response_cache "
+                f"enabled, --cache-config=local,size={options.cache_size}")
     report = CacheReport(rows, machine, settings)
-    for workload in workloads:
-        (off,) = [r for r in rows if r.workload == workload and not r.response_cache]
-        (on,) = [r for r in rows if r.workload == workload and r.response_cache]
-        report.gains[workload] = on.rows_per_s / off.rows_per_s if off.rows_per_s else math.nan
+    for concurrency in options.concurrencies:
+        for workload in workloads:
+            off, on = (next(r for r in rows if r.workload == workload and r.concurrency == concurrency
+                            and r.response_cache == cached) for cached in (False, True))
+            report.gains[f"{workload}, c{concurrency}"] = on.rows_per_s / off.rows_per_s if off.rows_per_s else math.nan
     report.elapsed_s = time.perf_counter() - started
     return report
 
 
+def measure(server: EmbeddedTriton, target: loadgen.Target, options: CacheOptions, workload: str, pool: np.ndarray,
+            warmup_rows: np.ndarray, cached: bool, concurrency: int) -> CacheRow:
+    """Warm up on other rows, then one measured window with Triton's cache counts read around it."""
+    if options.warmup_s > 0:
+        loadgen.run_grpc_pool(target, warmup_rows, concurrency, options.warmup_s, warmup_s=0)
+    hits_before, misses_before = cache_counts(server, options.model)
+    result = loadgen.run_grpc_pool(target, pool, concurrency, options.duration_s, warmup_s=0)
+    hits, misses = cache_counts(server, options.model)
+    return CacheRow(workload, len(pool), cached, "grpc", concurrency, result.throughput, result.rows_per_s,
+                    result.p50_ms, result.p99_ms, hits - hits_before, misses - misses_before, result.errors)
+
+
 def cache_markdown(report: CacheReport) -> str:
     lines = [f"Machine: {report.machine}. One run, {report.elapsed_s:.0f} s. {report.settings}.", "",
-             "| workload | response cache | throughput (infer/sec) | rows/s | p50 (ms) | p99 (ms) | cache hits "
-             "| cache misses | hit rate | errors |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| workload | concurrency | response cache | throughput (infer/sec) | rows/s | p50 (ms) | p99 (ms) "
+             "| cache hits | cache misses | hit rate | errors |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report.rows:
         rate = f"{r.hit_rate:.1%}" if not math.isnan(r.hit_rate) else "n/a"
-        lines.append(f"| {r.workload} | {'on' if r.response_cache else 'off'} | {r.throughput:,.0f} "
+        lines.append(f"| {r.workload} | {r.concurrency} | {'on' if r.response_cache else 'off'} | {r.throughput:,.0f} "
                      f"| {r.rows_per_s:,.0f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | {r.cache_hits:,} "
                      f"| {r.cache_misses:,} | {rate} | {r.errors} |")
-    lines += ["", "| workload | rows/s with the cache ÷ without |", "|---|---:|"]
+    lines += ["", "| workload, concurrency | rows/s with the cache ÷ without |", "|---|---:|"]
     lines += [f"| {workload} | {gain:.2f}× |" for workload, gain in report.gains.items()]
     return "\n".join(lines) + "\n"
 

@@ -137,18 +137,20 @@ def test_cache_workload_reports_triton_s_own_hits_with_and_without_the_cache(dem
     assert result.exit_code == 0, result.output
     assert not (out / "bench.json").exists(), "--no-sweep leaves the sweep's files alone"
     report = json.loads((out / "cache.json").read_text())
-    rows = {(r["workload"], r["response_cache"]): r for r in report["rows"]}
-    assert set(rows) == {(w, c) for w in ("64 rows repeated", "every row new") for c in (False, True)}
+    rows = {(r["workload"], r["concurrency"], r["response_cache"]): r for r in report["rows"]}
+    workloads = ("64 rows repeated", "every row new")
+    assert set(rows) == {(w, n, c) for w in workloads for n in (1, 16) for c in (False, True)}
     for row in report["rows"]:
         assert row["errors"] == 0 and row["throughput"] > 0, row
         if not row["response_cache"]:
             assert row["cache_hits"] == row["cache_misses"] == 0 and row["hit_rate"] is None, row
-    repeated, new = rows[("64 rows repeated", True)], rows[("every row new", True)]
-    assert repeated["cache_hits"] > 0, repeated
-    # every row of the new-rows pool is sent at most once while fewer requests than its rows are measured
-    assert new["distinct_rows"] > new["cache_misses"] > 0 and new["cache_hits"] == 0, new
-    assert set(report["gains"]) == {"64 rows repeated", "every row new"}
-    assert "| 64 rows repeated | on |" in (out / "cache.md").read_text()
+    for concurrency in (1, 16):
+        repeated, new = rows[("64 rows repeated", concurrency, True)], rows[("every row new", concurrency, True)]
+        assert repeated["cache_hits"] > 0, repeated
+        # each row of the new-rows pool is sent at most once while fewer requests than its rows are measured
+        assert new["distinct_rows"] > new["cache_misses"] > 0 and new["cache_hits"] == 0, new
+    assert set(report["gains"]) == {f"{w}, c{n}" for w in workloads for n in (1, 16)}
+    assert "| 64 rows repeated | 16 | on |" in (out / "cache.md").read_text()
 
 
 def test_bench_refuses_to_measure_nothing(tmp_path):

@@ -94,3 +94,48 @@ def test_compose_and_kubernetes_start_the_same_cache_with_one_default():
         args = spec["predictor"]["model"]["args"] if "predictor" in spec else \
             spec["template"]["spec"]["containers"][0]["args"]
         assert f"--cache-config=local,size={default}" in args, path.name
+
+
+def cache_sentence(report: dict, lang: str) -> str:
+    """What the docs say of benchmarks/results/cache.json, in each language's number format."""
+    rows = {(r["workload"], r["concurrency"], r["response_cache"]): r for r in report["rows"]}
+    repeated = next(r["workload"] for r in report["rows"] if r["workload"].endswith("rows repeated"))
+    concurrencies = sorted({r["concurrency"] for r in report["rows"]})
+
+    def number(value: float, digits: int = 0) -> str:
+        text = f"{value:,.{digits}f}"
+        return text if lang == "en" else text.replace(",", " ").replace(".", ",")
+
+    def figures(workload: str, concurrency: int) -> dict[str, str]:
+        on, off = rows[(workload, concurrency, True)], rows[(workload, concurrency, False)]
+        return {"hits": number(100 * on["hit_rate"], 1), "on": number(on["rows_per_s"]), "off": number(off["rows_per_s"]),
+                "gain": number(report["gains"][f"{workload}, c{concurrency}"], 2),
+                "p50_on": number(on["p50_ms"], 3), "p50_off": number(off["p50_ms"], 3),
+                "p99_on": number(on["p99_ms"], 2), "p99_off": number(off["p99_ms"], 2)}
+
+    parts = []
+    for concurrency in concurrencies:
+        r, n = figures(repeated, concurrency), figures("every row new", concurrency)
+        if lang == "en":
+            parts.append(f"at concurrency {concurrency}, {repeated}: {r['hits']}% hits, {r['on']} rows/s against "
+                         f"{r['off']} without the cache ({r['gain']}×), p50 {r['p50_on']} ms against {r['p50_off']} "
+                         f"ms, p99 {r['p99_on']} ms against {r['p99_off']} ms; every row new: {n['hits']}% hits, "
+                         f"{n['on']} rows/s against {n['off']} ({n['gain']}×), p99 {n['p99_on']} ms against "
+                         f"{n['p99_off']} ms")
+        else:
+            parts.append(f"à concurrence {concurrency}, {repeated.replace('rows repeated', 'lignes répétées')} : "
+                         f"{r['hits']} % de succès, {r['on']} lignes/s contre {r['off']} sans le cache "
+                         f"({r['gain']}×), p50 de {r['p50_on']} ms contre {r['p50_off']} ms, p99 de {r['p99_on']} ms "
+                         f"contre {r['p99_off']} ms ; chaque ligne nouvelle : {n['hits']} % de succès, {n['on']} "
+                         f"lignes/s contre {n['off']} ({n['gain']}×), p99 de {n['p99_on']} ms contre "
+                         f"{n['p99_off']} ms")
+    return (". " if lang == "en" else ". ").join(parts) + "."
+
+
+@pytest.mark.parametrize("document, lang", [("README.md", "en"), ("docs/guide.md", "en"), ("docs/guide.fr.md", "fr")])
+def test_docs_quote_the_cache_figures_from_the_generated_results(document, lang):
+    from conftest import ROOT
+
+    report = json.loads((ROOT / "benchmarks/results/cache.json").read_text())
+    text = " ".join((ROOT / document).read_text().split())  # sentences wrap across lines
+    assert cache_sentence(report, lang).lower() in text.lower()
