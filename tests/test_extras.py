@@ -121,3 +121,16 @@ def test_each_extra_declares_the_distributions_of_the_modules_it_is_checked_for(
 def test_the_base_holds_the_client_only():
     base = {requirement_name(r) for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
     assert base == {"numpy", "tritonclient", "geventhttpclient"}
+
+
+def test_python_started_in_the_checkout_finds_no_rf_triton_folder_to_shadow_the_installed_one():
+    """sys.path[0] is the current folder: a folder named rf_triton in the repository root would be
+    imported instead of the installed package (whose subpackages come from the step folders), and
+    `from rf_triton.client import ...` would fail there with a wheel installed. CI checks the wheel itself."""
+    import importlib.machinery
+
+    assert importlib.machinery.PathFinder.find_spec("rf_triton", [str(ROOT)]) is None
+    package_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    assert package_dirs["rf_triton"] == "src/rf_triton" and (ROOT / "src" / "rf_triton" / "__init__.py").is_file()
+    for step in ("export", "serve", "client", "loadtest", "benchmarks"):
+        assert package_dirs[f"rf_triton.{step}"] == step, "the step folders stay at the top level"
