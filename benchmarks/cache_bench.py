@@ -15,7 +15,7 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ class CacheOptions:
     cache_size: int = 64 << 20       # bytes of the server's local cache
     duration_s: float = 3.0
     warmup_s: float = 1.0
+    rounds: int = 3                  # each pair measured this often, in alternating order; medians reported
     extra_server_args: tuple[str, ...] = ()
 
 
@@ -95,18 +96,25 @@ def run_cache_bench(options: CacheOptions, machine: str, log=print) -> CacheRepo
                                                   cache_size=options.cache_size if cached else 0)
             running.callback(server.stop)
             servers[cached] = server.start()
+        targets = {cached: loadgen.Target(server.endpoints.http, server.endpoints.grpc, options.model,
+                                          canonical.input[0].name, canonical.output[0].name)
+                   for cached, server in servers.items()}
         for concurrency in options.concurrencies:
             for workload, pool in workloads.items():
-                for cached, server in servers.items():
-                    target = loadgen.Target(server.endpoints.http, server.endpoints.grpc, options.model,
-                                            canonical.input[0].name, canonical.output[0].name)
-                    row = measure(server, target, options, workload, pool(), warmup_rows, cached, concurrency)
+                measured: dict[bool, list[CacheRow]] = {False: [], True: []}
+                for round_ in range(options.rounds):  # off then on, on then off, ...: load elsewhere spreads
+                    for cached in ((False, True) if round_ % 2 == 0 else (True, False)):
+                        measured[cached].append(measure(servers[cached], targets[cached], options, workload, pool(),
+                                                        warmup_rows, cached, concurrency))
+                for cached in (False, True):
+                    row = median_row(measured[cached])
                     rows.append(row)
                     log(f"  cache {'on ' if cached else 'off'} c{concurrency:<3} {workload:18} "
                         f"{row.throughput:9,.0f} req/s p50 {row.p50_ms:6.3f} p99 {row.p99_ms:6.2f} ms  "
                         f"hits {row.cache_hits:,} misses {row.cache_misses:,}")
-    settings = (f"gRPC (grpc.aio), 1-row requests, {options.duration_s:g} s per point; cache on: response_cache "
-                f"enabled, --cache-config=local,size={options.cache_size}")
+    settings = (f"gRPC (grpc.aio), 1-row requests, {options.duration_s:g} s per point, median of {options.rounds} "
+                f"rounds (hits and misses: all rounds); cache on: response_cache enabled, "
+                f"--cache-config=local,size={options.cache_size}")
     report = CacheReport(rows, machine, settings)
     for concurrency in options.concurrencies:
         for workload in workloads:
@@ -127,6 +135,13 @@ def measure(server: EmbeddedTriton, target: loadgen.Target, options: CacheOption
     hits, misses = cache_counts(server, options.model)
     return CacheRow(workload, len(pool), cached, "grpc", concurrency, result.throughput, result.rows_per_s,
                     result.p50_ms, result.p99_ms, hits - hits_before, misses - misses_before, result.errors)
+
+
+def median_row(rounds: list[CacheRow]) -> CacheRow:
+    """The median round's figures (by rows/s), with the hits, misses and errors of all rounds."""
+    middle = sorted(rounds, key=lambda r: r.rows_per_s)[len(rounds) // 2]
+    return replace(middle, cache_hits=sum(r.cache_hits for r in rounds),
+                   cache_misses=sum(r.cache_misses for r in rounds), errors=sum(r.errors for r in rounds))
 
 
 def cache_markdown(report: CacheReport) -> str:
