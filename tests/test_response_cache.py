@@ -129,7 +129,7 @@ def cache_sentence(report: dict, lang: str) -> str:
                          f"contre {r['p99_off']} ms ; chaque ligne nouvelle : {n['hits']} % de succès, {n['on']} "
                          f"lignes/s contre {n['off']} ({n['gain']}×), p99 de {n['p99_on']} ms contre "
                          f"{n['p99_off']} ms")
-    return (". " if lang == "en" else ". ").join(parts) + "."
+    return ". ".join(part[0].upper() + part[1:] for part in parts) + "."
 
 
 @pytest.mark.parametrize("document, lang", [("README.md", "en"), ("docs/guide.md", "en"), ("docs/guide.fr.md", "fr")])
