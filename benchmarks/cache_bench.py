@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.triton_config import CONFIG_FILENAME, ServingOptions, read_config
+from ..export.triton_config import ServingOptions
+from ..repository import CONFIG_FILENAME, read_config
 from ..serve.server import EmbeddedTriton
 from . import configs, loadgen
 

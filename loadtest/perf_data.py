@@ -71,15 +71,14 @@ def repository_config(repository: Path, model: str) -> dict:
     """The model's config.pbtxt as Triton's JSON form of it (what a server would return)."""
     from google.protobuf import json_format
 
-    from ..export.errors import ExportError
-    from ..export.triton_config import CONFIG_FILENAME, read_config
+    from ..repository import CONFIG_FILENAME, RepositoryError, read_config
 
     path = repository / model / CONFIG_FILENAME
     if not path.is_file():
         raise ClientError(f"no {CONFIG_FILENAME} for model {model!r} in {repository}")
     try:
         return json_format.MessageToDict(read_config(path), preserving_proto_field_name=True)
-    except ExportError as exc:
+    except RepositoryError as exc:
         raise ClientError(str(exc)) from None
 
 

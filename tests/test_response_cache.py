@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from rf_triton.cli import app
 from rf_triton.client import RandomForestClient
-from rf_triton.export.triton_config import ServingOptions, build_config, read_config, write_config
+from rf_triton.export.triton_config import ServingOptions, build_config
+from rf_triton.repository import read_config, write_config
 
 runner = CliRunner()
 ROW = [[0.1, 0.2, 0.3, 0.4, 0.5]]
@@ -36,9 +37,9 @@ def test_export_writes_the_response_cache_and_a_reexport_keeps_or_drops_it(cache
     config_path = cached_repository / "random_forest" / "config.pbtxt"
     assert "response_cache {\n  enable: true\n}" in config_path.read_text()
     config = read_config(config_path)
-    from rf_triton.benchmarks.configs import graph_of
+    from rf_triton.repository import signature_of
 
-    graph = graph_of(config)
+    graph = signature_of(config)
     kept = build_config("random_forest", graph, ServingOptions(), {}, existing=config)
     assert kept.response_cache.enable
     dropped = build_config("random_forest", graph, ServingOptions(response_cache=False), {}, existing=config)

@@ -14,9 +14,9 @@ import importlib.util
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "cli": ("typer", "rich"),
     "batch": ("pandas", "pyarrow"),
-    "export": ("sklearn", "skl2onnx", "onnx", "onnxruntime", "joblib", "treelite", "pandas"),
+    "export": ("sklearn", "skl2onnx", "onnx", "onnxruntime", "joblib", "treelite", "pandas", "pydantic"),
     "serve": ("pytriton", "onnxruntime", "packaging"),
-    "loadtest": ("locust", "prometheus_client"),
+    "loadtest": ("locust", "prometheus_client", "gevent", "grpc"),
     "bench": ("matplotlib", "aiohttp"),
 }
 # extra -> the extras it includes (as pyproject.toml's self-references say).
