@@ -33,7 +33,7 @@ PROBE_OPSETS = {"onnx": range(17, 31), "ir": range(8, 16)}
 
 def releases_table():
     """rf_triton/releases.py, loaded from its file: it needs only the standard library."""
-    spec = importlib.util.spec_from_file_location("rf_triton_releases", ROOT / "rf_triton" / "releases.py")
+    spec = importlib.util.spec_from_file_location("rf_triton_releases", ROOT / "src" / "rf_triton" / "releases.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve their module by name
     spec.loader.exec_module(module)

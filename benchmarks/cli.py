@@ -15,6 +15,7 @@ from ..serve.runtime_repository import RepositoryError
 from ..serve.server import ServerStartError
 from ..serve.triton_binary import TritonNotAvailable
 from . import bench as bench_module
+from . import cache_bench
 from . import loadgen
 from . import tune as tune_module
 
@@ -50,6 +51,10 @@ def bench(
     wrk: Annotated[bool, typer.Option(help="Use wrk for HTTP when installed (else tritonclient.http.aio).")] = True,
     two_instance_sweep: Annotated[bool, typer.Option(
         help="Also run the 1-row sweep on the 2-instance variant (its large requests always run).")] = True,
+    sweep: Annotated[bool, typer.Option(
+        help="Run the in-process limits and the serving sweep (bench.md, bench.png, bench.json).")] = True,
+    cache_workload: Annotated[bool, typer.Option(
+        help="Run the repeated-rows workload with and without Triton's response cache (cache.md, cache.json).")] = True,
 ) -> None:
     """Side by side in one run: in-process ONNX Runtime and sklearn, then the embedded Triton over HTTP
     and gRPC, batching on and off, small and large requests; writes a Markdown table and a PNG plot."""
@@ -65,13 +70,26 @@ def bench(
     if wrk and loadgen.wrk_path() is None:
         console.print("[yellow]wrk not installed:[/] HTTP load comes from tritonclient.http.aio "
                       "(slower; apt-get install wrk for capacity figures)")
+    if not sweep and not cache_workload:
+        raise fail("--no-sweep and --no-cache-workload leave nothing to measure")
     try:
-        report = bench_module.run_bench(options, log=typer.echo)
+        if sweep:
+            report = bench_module.run_bench(options, log=typer.echo)
+        if cache_workload:
+            typer.echo("response cache: repeated rows and new rows, cache off and on")
+            cached = cache_bench.run_cache_bench(cache_bench.CacheOptions(
+                repository=repository, model=model, duration_s=duration_s, warmup_s=warmup_s),
+                bench_module.machine_description(), log=typer.echo)
     except FAILURES as exc:
         raise fail(str(exc)) from None
-    paths = bench_module.write_report(report, out)
-    typer.echo(bench_module.markdown(report))
-    typer.echo(f"wrote {paths['table']}, {paths['plot']}, {paths['json']}")
+    if sweep:
+        paths = bench_module.write_report(report, out)
+        typer.echo(bench_module.markdown(report))
+        typer.echo(f"wrote {paths['table']}, {paths['plot']}, {paths['json']}")
+    if cache_workload:
+        paths = cache_bench.write_cache_report(cached, out)
+        typer.echo(cache_bench.cache_markdown(cached))
+        typer.echo(f"wrote {paths['table']}, {paths['json']}")
 
 
 @app.command("tune")

@@ -9,6 +9,7 @@ core); without it HTTP falls back to tritonclient.http.aio. Every result says wh
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import shutil
 import subprocess
@@ -167,15 +168,25 @@ def run_http_aio(target: Target, rows: np.ndarray, concurrency: int, duration_s:
 def run_grpc(target: Target, rows: np.ndarray, concurrency: int, duration_s: float, *,
              warmup_s: float = 0.5) -> LoadResult:
     """gRPC load from grpc.aio with one prebuilt ModelInferRequest (tritonclient's protobuf), no per-call building."""
+    return run_grpc_pool(target, rows[np.newaxis], concurrency, duration_s, warmup_s=warmup_s)
+
+
+def run_grpc_pool(target: Target, pool: np.ndarray, concurrency: int, duration_s: float, *,
+                  warmup_s: float = 0.5) -> LoadResult:
+    """gRPC load cycling through prebuilt requests, one per `pool[i]` (requests × rows × features):
+    how many distinct requests the server sees is the pool's size (the response cache's workload)."""
     import grpc
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-    request = service_pb2.ModelInferRequest(model_name=target.model)
-    tensor = request.inputs.add(name=target.input_name, datatype=target.datatype, shape=list(rows.shape))
-    del tensor  # the data travels in raw_input_contents
-    request.raw_input_contents.append(target.payload(rows).tobytes())
-    request.outputs.add(name=target.output_name)
-    expected_bytes = len(rows) * 4
+    requests = []
+    for rows in pool:
+        request = service_pb2.ModelInferRequest(model_name=target.model)
+        request.inputs.add(name=target.input_name, datatype=target.datatype, shape=list(rows.shape))
+        request.raw_input_contents.append(target.payload(rows).tobytes())  # the data
+        request.outputs.add(name=target.output_name)
+        requests.append(request)
+    next_request = itertools.cycle(requests).__next__
+    expected_bytes = pool.shape[1] * 4
 
     async def main():
         options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
@@ -183,12 +194,12 @@ def run_grpc(target: Target, rows: np.ndarray, concurrency: int, duration_s: flo
             infer = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer
 
             async def one():
-                response = await infer(request, timeout=30)
+                response = await infer(next_request(), timeout=30)
                 return len(response.raw_output_contents) == 1 and len(response.raw_output_contents[0]) >= expected_bytes
 
             return await _closed_loop(one, concurrency, duration_s, warmup_s)
 
-    return _result("grpc", "grpc.aio", concurrency, len(rows), asyncio.run(main()))
+    return _result("grpc", "grpc.aio", concurrency, pool.shape[1], asyncio.run(main()))
 
 
 async def _closed_loop(one, concurrency: int, duration_s: float, warmup_s: float) -> tuple[list[float], int, float]:

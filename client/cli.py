@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
-from ..errors import fail
+from ..errors import fail, require_extra
 from . import batch
 from .client import ClientError, RandomForestClient
 
@@ -113,6 +113,8 @@ def predict(
         raise fail(f"--on-error must be one of {', '.join(batch.ON_ERROR)}, not {on_error!r}")
     if concurrency < 0 or chunk_rows < 1:
         raise fail("--concurrency must be >= 0 and --chunk-rows >= 1")
+    if input is not None:
+        require_extra("batch", "rf-triton predict --input")
 
     def factory() -> RandomForestClient:
         return RandomForestClient(url, protocol=protocol, model=model, version=version, timeout_s=timeout_s,

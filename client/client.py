@@ -194,16 +194,22 @@ class RandomForestClient:
                     self._client = self._new_client()
 
     def _describe(self) -> None:
-        metadata = self._call("get_model_metadata", self.model, self.version)
         config = self._call("get_model_config", self.model, self.version)
-        config = config.get("config", config)  # gRPC wraps the config, HTTP does not
+        self.adopt_config(config.get("config", config))  # gRPC wraps the config, HTTP does not
+
+    def adopt_config(self, config: dict) -> "RandomForestClient":
+        """Take the model's tensors and batching from its config, in Triton's JSON form.
+
+        connect() does this with the config the server returns; with a config read from a model
+        repository instead, prepare() checks and converts rows without any server (perf-data).
+        """
         try:
             found = signature.from_config(config)
         except ValueError as exc:
             raise InferenceError(f"model {self.model!r}: {exc}") from None
         if not found.inputs or not found.outputs:
-            raise InferenceError(f"model {self.model!r} declares {len(metadata['inputs'])} inputs and "
-                                 f"{len(metadata['outputs'])} outputs; expected a forest's")
+            raise InferenceError(f"model {self.model!r} declares {len(found.inputs)} inputs and "
+                                 f"{len(found.outputs)} outputs; expected a forest's")
         if found.is_classifier and (found.probabilities is None or not found.classes):
             raise InferenceError(f"model {self.model!r} is a classifier without a probabilities output "
                                  "(label_filename) or without its classes")
@@ -216,6 +222,7 @@ class RandomForestClient:
         if self.max_batch_size < 1:
             raise InferenceError(f"model {self.model!r} does not batch (max_batch_size 0); this client needs batching")
         self.feature_names = list(found.feature_names) or None
+        return self
 
     # -- inference ------------------------------------------------------------------------------
 
@@ -226,7 +233,8 @@ class RandomForestClient:
         a DataFrame or a list of dicts, by column name, for models with one input per column.
         NaN is a value (the model routes it as sklearn does); ±inf is refused, as sklearn refuses it.
         """
-        self._require_connection()
+        if self.signature is None:
+            self._require_connection()
         if self.signature.columnar:
             return self._prepare_columns(X)
         X = self._reorder_frame(X)
@@ -253,7 +261,11 @@ class RandomForestClient:
         return {self.input_name: np.ascontiguousarray(array, dtype=signature.numpy_dtype(datatype))}
 
     def _prepare_columns(self, X) -> dict[str, np.ndarray]:
-        import pandas as pd
+        try:
+            import pandas as pd
+        except ModuleNotFoundError:  # the client install has no pandas: a DataFrame caller has it
+            raise InputError(f"model {self.model!r} takes named columns: send a pandas DataFrame "
+                             "(pip install pandas)") from None
 
         if isinstance(X, (list, tuple)) and X and all(isinstance(row, dict) for row in X):
             X = pd.DataFrame(list(X))

@@ -89,6 +89,9 @@ def export(
         help="Let a request set its own (shorter) queueing timeout (default: existing, else no).")] = None,
     priority_levels: Annotated[Optional[int], typer.Option(
         help="Priority levels for requests (1 = highest); requests without one get the middle level.")] = None,
+    response_cache: Annotated[Optional[bool], typer.Option(
+        help="Let Triton answer a request it has answered before from its response cache; the server needs a "
+             "cache (serve --cache-size, --cache-config in compose and KServe). Default: existing, else off.")] = None,
 ) -> None:
     """Export a random forest or extra-trees model to ONNX (or FIL) as a new version in a Triton model repository.
 
@@ -114,7 +117,7 @@ def export(
             instances=instances, kind=kind.lower() if kind else None, version_policy=version_policy,
             intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads, max_queue_size=max_queue_size,
             queue_timeout_us=queue_timeout_us, allow_timeout_override=allow_timeout_override,
-            priority_levels=priority_levels,
+            priority_levels=priority_levels, response_cache=response_cache,
         )
         with console.status("Preparing the model"):
             if model is not None:

@@ -74,6 +74,7 @@ class ServingOptions(BaseModel):
     queue_timeout_us: Optional[int] = _option("--queue-timeout-us (0: none)", ge=0)
     allow_timeout_override: Optional[bool] = _option("--allow-timeout-override")
     priority_levels: Optional[int] = _option("--priority-levels", ge=0)
+    response_cache: Optional[bool] = _option("--response-cache")
 
     def __init__(self, **values) -> None:
         try:
@@ -209,6 +210,11 @@ def build_config(name: str, graph: Signature, options: ServingOptions,
 
     if options.version_policy is not None or not config.HasField("version_policy"):
         config.version_policy.CopyFrom(parse_version_policy(pick("version_policy")))
+    if options.response_cache is not None:  # the server needs a cache too (--cache-config)
+        if options.response_cache:
+            config.response_cache.enable = True
+        else:
+            config.ClearField("response_cache")
 
     thread_parameters = {"intra_op_thread_count": "intra_op_threads", "inter_op_thread_count": "inter_op_threads"}
     if backend.ort_threads:

@@ -45,6 +45,9 @@ def serve(
         envvar=CONTROL_KEY_ENV, show_envvar=True,
         help=f"Require this value in the '{CONTROL_KEY_HEADER}' header for the model-repository API "
              "(load/unload/index), over HTTP and gRPC. Inference stays open.")] = None,
+    cache_size: Annotated[int, typer.Option(
+        min=0, help="Bytes of Triton's local response cache, for models exported with --response-cache "
+                    "(0: no cache).")] = 0,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True,
                                          help="Log what the supervisor and the repository watcher do (-vv: more).")] = 0,
 ) -> None:
@@ -57,7 +60,8 @@ def serve(
     """
     configure_logging(verbose)
     server = EmbeddedTriton(repository, host=host, http_port=http_port, grpc_port=grpc_port,
-                            metrics_port=metrics_port, log_verbose=log_verbose, control_key=control_key)
+                            metrics_port=metrics_port, log_verbose=log_verbose, control_key=control_key,
+                            cache_size=cache_size)
 
     def request_stop(signum, frame):  # only sets an event: the stop itself runs in the main loop, once
         server.request_stop()

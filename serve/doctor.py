@@ -74,13 +74,13 @@ def check_python(version: tuple[int, int] = sys.version_info[:2], supported: str
         specifier = SpecifierSet()
     if not supported:
         return Check("python", WARN, f"Python {shown}; rf-triton's supported range is unknown (not installed?)",
-                     "pip install -e .")
+                     "pip install -e '.[serve]'")
     if not specifier.contains(f"{shown}.0"):
         return Check("python", FAIL, f"Python {shown} is outside rf-triton's supported range {supported}: some "
                                      "dependencies have no wheels for it (nvidia-pytriton needs numpy<2; "
                                      "onnxruntime is pinned)",
                      "create the virtualenv with Python 3.11 or 3.12: python3.12 -m venv .venv && "
-                     ".venv/bin/pip install -e .")
+                     ".venv/bin/pip install -e '.[serve]'")
     return Check("python", OK, f"Python {shown} ({sys.executable}), within {supported}")
 
 
@@ -98,7 +98,7 @@ def check_server_binary() -> tuple[Check, TritonInstall | None]:
     try:
         install = triton_binary.wheel_install()
     except TritonNotAvailable as exc:
-        return Check(name, FAIL, str(exc), "pip install -e . (it brings nvidia-pytriton)"), None
+        return Check(name, FAIL, str(exc), "pip install -e '.[serve]' (it brings nvidia-pytriton)"), None
     if not install.binary.is_file():
         return Check(name, FAIL, f"no tritonserver binary at {install.binary}", reinstall), install
     try:
@@ -120,7 +120,7 @@ def check_stub(install: TritonInstall | None) -> Check:
     """The Python backend runs each model in a stub process that embeds this Python's libpython."""
     name, python = "python stub", f"{sys.version_info.major}.{sys.version_info.minor}"
     if install is None:
-        return Check(name, FAIL, "nvidia-pytriton is not installed", "pip install -e .")
+        return Check(name, FAIL, "nvidia-pytriton is not installed", "pip install -e '.[serve]'")
     if not install.stub.is_file():
         offered = sorted(p.name for p in install.stub.parent.parent.glob("*") if p.is_dir())
         return Check(name, FAIL, f"nvidia-pytriton has no Python-backend stub for Python {python}",

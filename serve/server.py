@@ -115,7 +115,7 @@ class EmbeddedTriton:
     def __init__(self, repository: Path | str, *, host: str = "127.0.0.1", http_port: int = 8000,
                  grpc_port: int = 8001, metrics_port: int = 8002, log_verbose: int = 0,
                  exit_timeout_s: int = 10, control_key: str | None = None, watch_interval_s: float | None = 1.0,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), cache_size: int = 0) -> None:
         self.repository = Path(repository).resolve()
         self.endpoints = Endpoints(host, http_port, grpc_port, metrics_port)
         self.log_verbose = log_verbose
@@ -123,6 +123,7 @@ class EmbeddedTriton:
         self.control_key = control_key
         self.watch_interval_s = watch_interval_s
         self.extra_args = tuple(extra_args)
+        self.cache_size = cache_size  # bytes of Triton's local response cache; 0: no cache
         self._watcher: threading.Thread | None = None
         self._stop_watching = threading.Event()
         self._sync_lock = threading.Lock()
@@ -164,8 +165,15 @@ class EmbeddedTriton:
             f"--exit-timeout-secs={self.exit_timeout_s}",
             f"--log-verbose={self.log_verbose}",
             *self.restriction_args(),
+            *self.cache_args(install),
             *self.extra_args,
         ]
+
+    def cache_args(self, install: triton_binary.TritonInstall) -> list[str]:
+        """Triton's local response cache, for the models whose config enables response_cache."""
+        if not self.cache_size:
+            return []
+        return [f"--cache-directory={install.root / 'caches'}", f"--cache-config=local,size={self.cache_size}"]
 
     def restriction_args(self) -> list[str]:
         """Triton's own restriction flags: the repository API (load/unload/index) needs the key header."""

@@ -105,7 +105,7 @@ def test_tiny_bench_writes_the_table_and_the_plot(demo_repository, tmp_path):
     result = runner.invoke(app, [
         "bench", "--repository", str(demo_repository), "--out", str(out), "--concurrency", "1", "--concurrency", "2",
         "--large-rows", "64", "--large-concurrency", "1", "--duration-s", "1", "--warmup-s", "0.2",
-        "--inprocess-s", "0.1", "--no-two-instance-sweep",
+        "--inprocess-s", "0.1", "--no-two-instance-sweep", "--no-cache-workload",
     ])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "bench.json").read_text())
@@ -127,3 +127,32 @@ def test_tiny_bench_writes_the_table_and_the_plot(demo_repository, tmp_path):
     assert "| throughput (infer/sec) |" in table and "| target |" in table
     assert table.count(f"| {CANONICAL} |") == 6
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.integration
+def test_cache_workload_reports_triton_s_own_hits_with_and_without_the_cache(demo_repository, tmp_path):
+    out = tmp_path / "results"
+    result = runner.invoke(app, ["bench", "--repository", str(demo_repository), "--out", str(out), "--no-sweep",
+                                 "--duration-s", "1", "--warmup-s", "0.2"])
+    assert result.exit_code == 0, result.output
+    assert not (out / "bench.json").exists(), "--no-sweep leaves the sweep's files alone"
+    report = json.loads((out / "cache.json").read_text())
+    rows = {(r["workload"], r["concurrency"], r["response_cache"]): r for r in report["rows"]}
+    workloads = ("64 rows repeated", "every row new")
+    assert set(rows) == {(w, n, c) for w in workloads for n in (1, 16) for c in (False, True)}
+    for row in report["rows"]:
+        assert row["errors"] == 0 and row["throughput"] > 0, row
+        if not row["response_cache"]:
+            assert row["cache_hits"] == row["cache_misses"] == 0 and row["hit_rate"] is None, row
+    for concurrency in (1, 16):
+        repeated, new = rows[("64 rows repeated", concurrency, True)], rows[("every row new", concurrency, True)]
+        assert repeated["cache_hits"] > 0, repeated
+        # each row of the new-rows pool is sent at most once while fewer requests than its rows are measured
+        assert new["distinct_rows"] > new["cache_misses"] > 0 and new["cache_hits"] == 0, new
+    assert set(report["gains"]) == {f"{w}, c{n}" for w in workloads for n in (1, 16)}
+    assert "| 64 rows repeated | 16 | on |" in (out / "cache.md").read_text()
+
+
+def test_bench_refuses_to_measure_nothing(tmp_path):
+    result = runner.invoke(app, ["bench", "--no-sweep", "--no-cache-workload"])
+    assert result.exit_code == 1 and "leave nothing to measure" in result.output

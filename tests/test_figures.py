@@ -20,7 +20,7 @@ def copied_block(text: str, name: str) -> str:
     return match.group(1).strip()
 
 
-@pytest.mark.parametrize("name", ["bench.md", "fullsize.md"])
+@pytest.mark.parametrize("name", ["bench.md", "fullsize.md", "cache.md"])
 def test_benchmark_readme_copies_the_current_results(name):
     readme = (ROOT / "benchmarks" / "README.md").read_text()
     assert copied_block(readme, name) == (RESULTS / name).read_text().strip()

@@ -58,7 +58,9 @@ def test_every_library_the_project_imports_is_declared():
     from packaging.requirements import Requirement
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = {Requirement(text).name.lower().replace("_", "-") for text in project["dependencies"]}
+    requirements = project["dependencies"] + [text for extra in project["optional-dependencies"].values()
+                                              for text in extra]  # the extras too (src/rf_triton/extras.py)
+    declared = {Requirement(text).name.lower().replace("_", "-") for text in requirements}
     distributions = importlib.metadata.packages_distributions()
     own = {"rf_triton", "triton_python_backend_utils"}  # the latter: given by Triton's Python backend
     own |= {"cuml", "nvforest"}  # benchmarks/gpu_check.py's RAPIDS engines: on a GPU host that has them, never installed by us

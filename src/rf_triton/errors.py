@@ -13,3 +13,13 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (libraries raise paragraphs), or its type's name."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def require_extra(extra: str, what: str) -> None:
+    """Stop a command in one `error:` line when the extra it needs is not installed."""
+    from .extras import MissingExtra, require
+
+    try:
+        require(extra, what)
+    except MissingExtra as exc:
+        raise fail(str(exc)) from None
