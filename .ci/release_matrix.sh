@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The release matrix: every ONNX Runtime and the oldest and newest treelite of rf_triton/releases.py,
+# The release matrix: every ONNX Runtime and the oldest and newest treelite of src/rf_triton/releases.py,
 # each in its own small virtualenv, run the models the project exports and must answer like sklearn.
 #
 #   .ci/release_matrix.sh [RESULT.json]      (default benchmarks/results/release_matrix.json, and .md)

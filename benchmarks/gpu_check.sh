@@ -19,7 +19,7 @@ MODE=auto
 BATCH_SIZES=1024,16384
 SECONDS_PER_POINT=3
 CONCURRENCY=4
-TAG="${TRITON_TAG:-26.08}"  # the default release of rf_triton/releases.py
+TAG="${TRITON_TAG:-26.08}"  # the default release of src/rf_triton/releases.py
 CPU_ONLY=0
 PYTHON="${PYTHON:-}"
 

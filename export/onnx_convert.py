@@ -28,7 +28,7 @@ INPUT_NAME = "X"
 VALUES_OUTPUT = "variable"
 LABEL_OUTPUT = "label"
 PROBABILITIES_OUTPUT = "probabilities"
-# Opsets and IR version every release of the table loads (rf_triton/releases.py): one graph serves
+# Opsets and IR version every release of the table loads (src/rf_triton/releases.py): one graph serves
 # them all. The trees stay FP32 (ai.onnx.ml opset 3 nodes): sklearn's trees compare float32 features.
 TARGET_OPSET = releases.EXPORT_OPSET
 CONTAINER_ORT = releases.DEFAULT.onnxruntime.version

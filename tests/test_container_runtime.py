@@ -1,5 +1,5 @@
 """Export's parity check and the embedded server run the ONNX Runtime of the default release of the
-table (rf_triton/releases.py): what they compute is what that container computes."""
+table (src/rf_triton/releases.py): what they compute is what that container computes."""
 
 from __future__ import annotations
 
