@@ -54,7 +54,7 @@ def test_export_writes_the_queue_policy(tmp_path):
     quiet = CliRunner().invoke(app, ["export", "--repository", str(tmp_path), "--max-queue-delay-us", "0"])
     assert quiet.exit_code == 0 and "stalls" not in quiet.stderr
     refused = CliRunner().invoke(app, ["export", "--repository", str(tmp_path), "--max-queue-size", "-1"])
-    assert refused.exit_code == 1 and "--max-queue-size must be >= 0" in refused.stderr
+    assert refused.exit_code == 1 and "--max-queue-size must be greater than or equal to 0" in refused.stderr
 
 
 def test_default_export_leaves_the_queue_unbounded(tmp_path):
