@@ -12,7 +12,7 @@ from rich.console import Console
 from .. import releases
 from ..errors import fail
 from ..repository import read_config
-from . import sources
+from . import mlflow_source, sources
 from .errors import ExportError
 from .pipeline import DEFAULT_FORMAT, DEFAULT_MODEL_NAME, DEFAULT_TOLERANCE, FORMATS, export_model
 from .triton_config import BOUNDED_QUEUE_WARNING, DEFAULTS, FIL_DEFAULTS, KINDS, ServingOptions, stalls_batcher
@@ -27,7 +27,9 @@ console = Console(stderr=True)
 def export(
     model: Annotated[Optional[Path], typer.Option(
         help="Fitted RandomForest/ExtraTrees regressor or classifier, or Pipeline ending in one, saved with "
-             "joblib/pickle. "
+             "joblib/pickle, or an MLflow model: models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID/PATH or "
+             "a local MLflow model folder (needs the mlflow extra; stores from MLFLOW_TRACKING_URI and "
+             "MLFLOW_REGISTRY_URI). "
              "Loading a pickle runs code from it: only use files you trust.")] = None,
     data: Annotated[Optional[Path], typer.Option(
         help="CSV to train a forest on: the --target column is the label, every other column a feature "
@@ -120,7 +122,9 @@ def export(
             priority_levels=priority_levels, response_cache=response_cache,
         )
         with console.status("Preparing the model"):
-            if model is not None:
+            if model is not None and mlflow_source.handles(str(model)):
+                trained = mlflow_source.load_mlflow(str(model))
+            elif model is not None:
                 trained = sources.load_pickled(model)
             elif data is not None:
                 trained = sources.train_from_csv(data, target, n_estimators, max_depth, seed, task)

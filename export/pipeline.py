@@ -198,6 +198,8 @@ def _metadata(trained: sources.TrainedModel, parity: ParityReport, graph: Signat
     }
     if trained.task == CLASSIFICATION:
         metadata["classes"] = classes_to_json(trained.classes)
+    if trained.provenance:
+        metadata["provenance"] = trained.provenance
     return metadata
 
 

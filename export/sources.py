@@ -47,6 +47,8 @@ class TrainedModel:
     closed_categories: dict[str, list[str]] = field(default_factory=dict)
     # steps whose thresholds the probe rows could not map back to raw columns (they mix columns)
     unmapped_steps: list[str] = field(default_factory=list)
+    # where the model came from beyond `source` (an MLflow URI, run and registered version): metadata.json
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_features(self) -> int:
@@ -229,9 +231,6 @@ def train_from_csv(path: Path, target: str, n_estimators: int, max_depth: int | 
 def load_pickled(path: Path) -> TrainedModel:
     """Load a fitted forest or Pipeline ending in one. Pickles run code: only load files you trust."""
     import joblib
-    from sklearn.exceptions import NotFittedError
-    from sklearn.pipeline import Pipeline
-    from sklearn.utils.validation import check_is_fitted
 
     if not path.is_file():
         raise ExportError(f"model file not found: {path}")
@@ -239,23 +238,35 @@ def load_pickled(path: Path) -> TrainedModel:
         estimator = joblib.load(path)
     except Exception as exc:  # corrupt or foreign files raise anything from EOFError to UnpicklingError
         raise ExportError(f"cannot load model from {path}: {type(exc).__name__}: {first_line(exc)}") from exc
+    return from_estimator(estimator, str(path), f"loaded from {path.name}")
+
+
+def from_estimator(estimator, where: str, source: str) -> TrainedModel:
+    """A fitted estimator that came without data (a pickle, an MLflow model), checked as one.
+
+    `where` names it in error messages; probe rows stand in for the validation set.
+    """
+    from sklearn.exceptions import NotFittedError
+    from sklearn.pipeline import Pipeline
+    from sklearn.utils.validation import check_is_fitted
+
     forest = final_forest(estimator)
     if type(forest).__name__ not in FOREST_TYPES or type(forest).__module__.split(".")[0] != "sklearn":
         what = type(forest).__name__
         if isinstance(estimator, Pipeline):
             what = f"Pipeline ending in {what}"
-        raise ExportError(f"{path} holds a {what}, expected {EXPECTED}")
+        raise ExportError(f"{where} holds a {what}, expected {EXPECTED}")
     try:
         check_is_fitted(estimator)
     except NotFittedError as exc:
-        raise ExportError(f"the model in {path} is not fitted") from exc
+        raise ExportError(f"the model in {where} is not fitted") from exc
     _check_servable(forest)
     n_features = int(getattr(estimator, "n_features_in_", forest.n_features_in_))
     names = getattr(estimator, "feature_names_in_", None)
     feature_names = [str(n) for n in names] if names is not None else [f"x{i}" for i in range(n_features)]
     strings = string_columns(estimator, feature_names)
     found = probes.probe_rows(estimator, feature_names, strings, columnar=bool(strings) or selects_columns_by_name(estimator))
-    return TrainedModel(estimator, feature_names, found.rows, f"loaded from {path.name}", string_columns=strings,
+    return TrainedModel(estimator, feature_names, found.rows, source, string_columns=strings,
                         closed_categories=closed_categories(estimator, feature_names), unmapped_steps=found.unmapped)
 
 
