@@ -63,6 +63,7 @@ class ForestUDF:
     udf: the pandas UDF `predict_batch_udf` made; it takes `columns`, in that order.
     columns: the DataFrame columns read (the model's feature names, or its inputs for a DataFrame model).
     classes: a classifier's classes, the order of `probabilities`; empty for a regressor.
+    batch_size: rows per predict call on a worker.
     """
 
     udf: Any
@@ -70,6 +71,7 @@ class ForestUDF:
     classes: tuple
     return_type: Any
     signature: sig.Signature
+    batch_size: int
 
     def __call__(self):
         """The prediction column (struct of label and probabilities for a classifier)."""
@@ -119,9 +121,9 @@ def predict_udf(url: str, *, protocol: str = "http", model: str = "random_forest
     columns = tuple(t.name for t in found.inputs) if found.columnar else tuple(found.feature_names)
     return_type = _return_type(found)
     make_predict_fn = _predict_fn_factory(options, found, columns)
-    udf = predict_batch_udf(make_predict_fn, return_type=return_type,
-                            batch_size=batch_size or REQUESTS_PER_BATCH * max_batch_size)
-    return ForestUDF(udf, columns, found.classes, return_type, found)
+    batch_size = batch_size or REQUESTS_PER_BATCH * max_batch_size
+    udf = predict_batch_udf(make_predict_fn, return_type=return_type, batch_size=batch_size)
+    return ForestUDF(udf, columns, found.classes, return_type, found, batch_size)
 
 
 def score(frame, url: str, *, output: str = "prediction", **options):

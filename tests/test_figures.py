@@ -20,7 +20,7 @@ def copied_block(text: str, name: str) -> str:
     return match.group(1).strip()
 
 
-@pytest.mark.parametrize("name", ["bench.md", "fullsize.md", "cache.md"])
+@pytest.mark.parametrize("name", ["bench.md", "fullsize.md", "cache.md", "spark.md"])
 def test_benchmark_readme_copies_the_current_results(name):
     readme = (ROOT / "benchmarks" / "README.md").read_text()
     assert copied_block(readme, name) == (RESULTS / name).read_text().strip()
@@ -61,3 +61,14 @@ def test_guides_measured_figures_are_the_bench_rows(guide, thousands, decimal):
                         f"{row[k]:.3f} ms".replace(".", decimal) for k in ("p50_ms", "p99_ms")]
             line = next((line for line in text.splitlines() if figures[0] in line), "")
             assert all(f in line for f in figures), (configuration, concurrency, figures)
+
+
+@pytest.mark.parametrize("doc, thousands", [("README.md", ","), ("docs/guide.md", ","), ("docs/guide.fr.md", " ")])
+def test_spark_figures_are_the_spark_benchmark(doc, thousands):
+    """Spark's rows/s and `rf-triton predict --input`'s on the same rows, as results/spark.json has them."""
+    report = json.loads((RESULTS / "spark.json").read_text())
+    text = (ROOT / doc).read_text()
+    figures = [report["spark"]["rows_per_s"], report["spark"]["rows_per_s_with_start"], report["rows"]]
+    figures += [run["rows_per_s"] for run in report["runs"]]
+    for figure in figures:
+        assert f"{figure:,.0f}".replace(",", thousands) in text, (doc, figure)
