@@ -17,7 +17,7 @@ from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_iris, load_wine
 from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from rf_triton.client import InputError
 from rf_triton.export import sources
@@ -71,10 +71,15 @@ def models(tmp_path_factory):
     repository = tmp_path_factory.mktemp("spark") / "model_repository"
     wine_model, wine, features = wine_rows()
     iris_model, iris = iris_rows()
+    # a step that computes before the forest: served with FP64 inputs, as sklearn computes in float64
+    frame = load_wine(as_frame=True).frame
+    scaled = Pipeline([("scale", StandardScaler()), ("forest", RandomForestRegressor(n_estimators=20, random_state=0))])
+    scaled.fit(frame[features], frame["alcohol"])
     options = ServingOptions(max_batch_size=MAX_BATCH_SIZE)
-    for name, model in (("wine", wine_model), ("iris", iris_model)):
+    for name, model in (("wine", wine_model), ("iris", iris_model), ("scaled", scaled)):
         export_model(sources.from_estimator(model, name, name), repository, name=name, options=options)
-    return {"repository": repository, "wine": (wine_model, wine, features), "iris": (iris_model, iris)}
+    return {"repository": repository, "wine": (wine_model, wine, features), "iris": (iris_model, iris),
+            "scaled": scaled}
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +114,12 @@ def test_regressor_rows_match_sklearn_and_the_server_saw_each_row_once(spark, mo
     rows_after, requests_after = served(server, "wine")
     assert rows_after - rows_before == len(rows)
     assert requests_after - requests_before >= math.ceil(len(rows) / MAX_BATCH_SIZE)
+    # each input in its own datatype: the scaled model's are FP64
+    scaled = spark_module.predict_udf(server.endpoints.http, model="scaled", batch_size=CALL_ROWS)
+    assert {t.datatype for t in scaled.signature.inputs} == {"FP64"}
+    scored = scored_frame(spark, rows, scaled)
+    np.testing.assert_allclose(scored["prediction"].to_numpy(), models["scaled"].predict(rows[features]),
+                               rtol=1e-5, atol=1e-4)
 
 
 def test_dataframe_classifier_labels_and_probabilities_match_sklearn(spark, models, server_factory):
