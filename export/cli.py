@@ -27,10 +27,9 @@ console = Console(stderr=True)
 def export(
     model: Annotated[Optional[Path], typer.Option(
         help="Fitted RandomForest/ExtraTrees regressor or classifier, or Pipeline ending in one, saved with "
-             "joblib/pickle, or an MLflow model: models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID/PATH or "
-             "a local MLflow model folder (needs the mlflow extra; stores from MLFLOW_TRACKING_URI and "
-             "MLFLOW_REGISTRY_URI). "
-             "Loading a pickle runs code from it: only use files you trust.")] = None,
+             "joblib/pickle. Loading a pickle runs code from it: only use files you trust. "
+             "Or an MLflow model (the mlflow extra): models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID/PATH "
+             "or a model folder, from the stores MLFLOW_TRACKING_URI and MLFLOW_REGISTRY_URI name.")] = None,
     data: Annotated[Optional[Path], typer.Option(
         help="CSV to train a forest on: the --target column is the label, every other column a feature "
              "(string columns are one-hot encoded inside the exported model; missing numbers are allowed).")] = None,
