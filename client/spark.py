@@ -26,11 +26,12 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from .. import signature as sig
+from ..extras import install_hint
 from .client import ClientError, InputError, RandomForestClient, RetryPolicy
 
 logger = logging.getLogger(__name__)
 
-EXTRA_HINT = "pip install 'rf-triton[spark]'"
+EXTRA_HINT = install_hint("spark")
 # rows handed to one predict call, in requests of max_batch_size: a few requests per call keep the
 # per-call overhead (Arrow → numpy → DataFrame) small next to the requests themselves
 REQUESTS_PER_BATCH = 8

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import first_line
+from ..extras import install_hint
 from . import parity, sources
 from .errors import ExportError
 
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 URI_SCHEMES = ("models:/", "runs:/")
 MLMODEL_FILENAME = "MLmodel"
-EXTRA_HINT = "pip install 'rf-triton[mlflow]'"
+EXTRA_HINT = install_hint("mlflow")
 # MLflow column types a numeric input takes (the client sends booleans and integers as numbers)
 NUMERIC_TYPES = {"double", "float", "long", "integer", "boolean"}
 STRING_TYPES = {"string"}
