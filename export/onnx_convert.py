@@ -64,6 +64,8 @@ def convert(trained) -> bytes:
                           f"{type(exc).__name__}: {first_line(exc)}") from exc
     if not forest_onnx.fill(model.graph, trained.forest):
         raise ExportError(f"the graph of {_steps(trained.estimator)} has no tree ensemble to write the forest into")
+    if trained.columnar:
+        _name_inputs_after_columns(model.graph, [name for name, _ in initial_types])
     _declare_outputs(model.graph, trained, default_opset(model))
     model.doc_string = f"{type(trained.forest).__name__} exported by rf-triton"
     model.graph.name = type(trained.forest).__name__  # skl2onnx draws a random name: keep exports reproducible
@@ -77,6 +79,20 @@ def convert(trained) -> bytes:
     del model
     onnx.checker.check_model(onnx_bytes)
     return onnx_bytes
+
+
+def _name_inputs_after_columns(graph, columns: list[str]) -> None:
+    """skl2onnx turns column names into identifiers ("sepal length (cm)" → "sepal_length__cm_"): the
+    served inputs keep the DataFrame's own names, which clients send."""
+    if len(graph.input) != len(columns):
+        raise ExportError(f"the graph has {len(graph.input)} inputs for {len(columns)} columns")
+    renamed = {i.name: column for i, column in zip(graph.input, columns) if i.name != column}
+    if not renamed:
+        return
+    for item in graph.input:
+        item.name = renamed.get(item.name, item.name)
+    for node in graph.node:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
 
 
 def _converters(datatype: str) -> dict:
