@@ -47,17 +47,19 @@ class TritonPythonModel:
         columns = {name: [pb_utils.get_input_tensor_by_name(request, name).as_numpy() for request in requests]
                    for name, _ in self.inputs}
         batch = {name: arrays[0] if len(arrays) == 1 else np.concatenate(arrays) for name, arrays in columns.items()}
-        if self._refused(batch):
+        feeds = self._feeds(batch)
+        if feeds is None:
             return self._execute_checked(columns)  # rare: find the offending requests one by one
         sizes = [len(array) for array in columns[self.inputs[0][0]]]
-        return self._run(batch, sizes, list(range(len(requests))), [None] * len(requests))
+        return self._run(feeds, sizes, list(range(len(requests))), [None] * len(requests))
 
     def _execute_checked(self, columns):
         count = len(columns[self.inputs[0][0]])
         responses = [None] * count
         owners = []
         for index in range(count):
-            problem = self._refused({name: arrays[index] for name, arrays in columns.items()})
+            request = {name: arrays[index] for name, arrays in columns.items()}
+            problem = self._refused(request) or _not_text(request)
             if problem:
                 responses[index] = _invalid(problem)
             else:
@@ -66,7 +68,24 @@ class TritonPythonModel:
             return responses
         batch = {name: np.concatenate([arrays[i] for i in owners]) for name, arrays in columns.items()}
         sizes = [len(columns[self.inputs[0][0]][i]) for i in owners]
-        return self._run(batch, sizes, owners, responses)
+        return self._run(self._feeds(batch), sizes, owners, responses)
+
+    def _feeds(self, batch):
+        """ONNX Runtime's feeds for a batch, or None when one of its requests must be refused.
+
+        BYTES arrive as bytes objects and ONNX Runtime's strings are str: the decoding is part of the
+        check, so that one string that is not UTF-8 refuses its own request, not the whole batch."""
+        if self._refused(batch):
+            return None
+        feeds = {}
+        for name, dtype in self.inputs:
+            array = batch[name]
+            if dtype is np.object_:
+                array = _decoded(array)
+                if array is None:
+                    return None
+            feeds[name] = array.astype(dtype, copy=False)
+        return feeds
 
     def _refused(self, tensors):
         """Why these inputs are refused (infinity, an unknown category), or None."""
@@ -83,17 +102,11 @@ class TritonPythonModel:
                             "its encoder refuses unknown values, as sklearn does")
         return None
 
-    def _run(self, batch, sizes, owners, responses):
+    def _run(self, feeds, sizes, owners, responses):
         """One ONNX Runtime run over the batch; each request gets back its own slice of every output.
 
-        The healthy path does one inf check and one concatenation per input and batch, not per
+        The healthy path does one check and one concatenation per input and batch, not per
         request: with 1-row requests the per-request Python work is what the Python backend pays for."""
-        feeds = {}
-        for name, dtype in self.inputs:
-            array = batch[name]
-            if dtype is np.object_:  # BYTES arrive as bytes objects; ONNX Runtime's strings are str
-                array = np.char.decode(array.astype(np.bytes_), "utf-8").astype(object)
-            feeds[name] = array.astype(dtype, copy=False)
         try:
             outputs = self.session.run(self.output_names, feeds)
         except Exception as exc:  # a failure of the model itself: a server fault, reported per request
@@ -116,6 +129,23 @@ class TritonPythonModel:
 
     def finalize(self):
         self.session = None
+
+
+def _decoded(array):
+    """BYTES as str objects, or None when one of them is not UTF-8."""
+    try:
+        return np.char.decode(array.astype(np.bytes_), "utf-8").astype(object)
+    except UnicodeDecodeError:
+        return None
+
+
+def _not_text(tensors):
+    """Why one request's string inputs cannot be decoded (a value that is not UTF-8), or None."""
+    for name, array in tensors.items():
+        if array.dtype == np.object_ and _decoded(array) is None:
+            rows = [i for i, row in enumerate(array.reshape(len(array), -1)) if _decoded(row) is None][:5]
+            return f"input '{name}' holds a value that is not UTF-8 text (rows {rows}); string inputs take UTF-8"
+    return None
 
 
 def _infinite(name, array):

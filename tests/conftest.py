@@ -1,11 +1,14 @@
-"""Shared fixtures: the demo model, an exported repository, and one embedded Triton per session.
+"""Shared fixtures: the demo model, an exported repository, the one factory that starts embedded
+Triton servers, the session's server, and the models of every kind a user brings.
 
 The marker `integration` means "starts tritonserver": a test that uses a server fixture without it
-fails at setup, so `pytest -m "not integration"` never needs the binary.
+(directly or through a fixture that depends on one) fails at setup, so `pytest -m "not integration"`
+never needs the binary.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -38,38 +41,79 @@ def demo_repository(tmp_path_factory, demo_model) -> Path:
     return repository
 
 
-def start_server(repository: Path, **kwargs) -> EmbeddedTriton:
-    """Start on free ports; on failure the error carries the server's last log lines."""
-    server = EmbeddedTriton.on_free_ports(repository, **kwargs)
-    try:
-        server.start(ready_timeout_s=120)
-    except ServerStartError as exc:
-        pytest.fail(f"embedded tritonserver did not start:\n{exc}")
-    return server
+# Servers started through the factory and not yet stopped: a failing test gets their log tails.
+LIVE_SERVERS: list[EmbeddedTriton] = []
+# tritonserver's words when another process took one of its ports between free_ports() and its bind.
+PORT_TAKEN = ("already in use", "Failed to listen", "failed to start")
+START_ATTEMPTS = 3
+
+
+class ServerFactory:
+    """The one way tests start embedded servers: free ports, a readiness deadline, the process watched
+    while it starts, a fresh set of ports when another process took one first, and a stop that
+    always runs. Use `serving()` in fixtures of any scope; `start()`/`stop_all()` in tests."""
+
+    def __init__(self) -> None:
+        self.started: list[EmbeddedTriton] = []
+
+    def start(self, repository: Path, **kwargs) -> EmbeddedTriton:
+        for attempt in range(1, START_ATTEMPTS + 1):
+            server = EmbeddedTriton.on_free_ports(repository, **kwargs)
+            try:
+                server.start(ready_timeout_s=120)
+            except ServerStartError as exc:
+                if attempt < START_ATTEMPTS and any(marker in str(exc) for marker in PORT_TAKEN):
+                    continue
+                pytest.fail(f"embedded tritonserver did not start:\n{exc}", pytrace=False)
+            self.started.append(server)
+            LIVE_SERVERS.append(server)
+            return server
+        raise AssertionError("unreachable")
+
+    @contextlib.contextmanager
+    def serving(self, repository: Path, **kwargs):
+        """A server for the block: stopped after it, and it must still be running when the block ends."""
+        server = self.start(repository, **kwargs)
+        try:
+            yield server
+            assert server.is_running(), f"tritonserver died during the tests:\n{server.log_tail()}"
+        finally:
+            self.stop(server)
+
+    def stop(self, server: EmbeddedTriton) -> None:
+        try:
+            server.stop()
+        finally:
+            if server in LIVE_SERVERS:
+                LIVE_SERVERS.remove(server)
+            if server in self.started:
+                self.started.remove(server)
+
+    def stop_all(self) -> None:
+        for server in list(self.started):
+            self.stop(server)
 
 
 @pytest.fixture(scope="session")
-def triton(demo_repository):
-    server = start_server(demo_repository)
-    try:
+def servers():
+    """The server factory for fixtures of module or session scope (and, through server_factory, tests)."""
+    factory = ServerFactory()
+    yield factory
+    factory.stop_all()
+
+
+@pytest.fixture(scope="session")
+def triton(servers, demo_repository):
+    with servers.serving(demo_repository) as server:
         yield server
-        assert server.is_running(), f"tritonserver died during the tests:\n{server.log_tail()}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture()
-def server_factory():
-    """Start extra embedded servers (own repositories, options); all are stopped at teardown."""
-    started: list[EmbeddedTriton] = []
-
-    def start(repository: Path, **kwargs) -> EmbeddedTriton:
-        started.append(start_server(repository, **kwargs))
-        return started[-1]
-
-    yield start
-    for server in started:
-        server.stop()
+def server_factory(servers):
+    """Start extra embedded servers (own repositories, options) in a test; all are stopped at teardown."""
+    own = ServerFactory()
+    yield own.start
+    own.stop_all()
 
 
 class ServeProcess:
@@ -137,7 +181,7 @@ def serve(tmp_path):
         process.kill()
 
 
-SERVER_FIXTURES = {"triton", "server_factory", "serve"}
+SERVER_FIXTURES = {"servers", "triton", "server_factory", "serve"}
 
 
 def pytest_runtest_setup(item):
@@ -149,9 +193,155 @@ def pytest_runtest_setup(item):
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """Attach the server's log tail to any failing test that used it."""
+    """Attach the log tail of every server still running to any failing test."""
     outcome = yield
     report = outcome.get_result()
-    server = item.funcargs.get("triton") if hasattr(item, "funcargs") else None
-    if report.when == "call" and report.failed and isinstance(server, EmbeddedTriton):
-        report.sections.append(("tritonserver log (tail)", server.log_tail()))
+    if report.when in ("setup", "call") and report.failed:
+        for server in LIVE_SERVERS:
+            report.sections.append((f"tritonserver log (tail), {server.repository}", server.log_tail()))
+
+
+# -- every kind of model a user brings, served by one server ---------------------------------------
+
+KINDS_RNG_SEED = 7
+KIND_FEATURES = 5
+# Grouped by the dynamic batcher: four one-row requests fill the preferred batch at once; fewer wait.
+BATCHED_KIND = "frame_batched"
+UNBATCHED_KIND = "unbatched"
+
+
+def numeric_data(n: int = 1200, nan_fraction: float = 0.0, seed: int = KINDS_RNG_SEED):
+    """(X, X with NaN where the training rows have them): values on a 0.01 grid, as real data is."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    X = np.round(rng.normal(size=(n, KIND_FEATURES)), 2).astype(np.float32)
+    if nan_fraction:
+        X_train = X.copy()
+        X_train[rng.random(X.shape) < nan_fraction] = np.nan
+        return X, X_train
+    return X, X
+
+
+def frame_data(n: int = 1200, seed: int = KINDS_RNG_SEED):
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "city": rng.choice(["paris", "lyon", "nice", "brest"], n).astype(object),
+        # continuous: a scaled column on a grid is what the float64 preprocessing of the export is for
+        "size": rng.normal(50, 20, n),
+        "age": rng.integers(18, 90, n).astype(float),
+    })
+
+
+def build_kinds() -> dict:
+    import numpy as np
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import (ExtraTreesClassifier, ExtraTreesRegressor, RandomForestClassifier,
+                                  RandomForestRegressor)
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+
+    X, X_nan = numeric_data(nan_fraction=0.2)
+    frame = frame_data()
+    value = (frame["city"] == "paris") * 30 + frame["size"] + 0.2 * frame["age"]
+    one_hot = Pipeline([
+        ("columns", ColumnTransformer([("city", OneHotEncoder(handle_unknown="ignore"), ["city"]),
+                                       ("size", StandardScaler(), ["size"])], remainder="passthrough")),
+        ("forest", RandomForestRegressor(25, max_depth=8, random_state=0))]).fit(frame, value)
+    return {
+        "binary_nan": RandomForestClassifier(25, max_depth=8, random_state=0).fit(X_nan, (X[:, 0] + X[:, 1] > 0).astype(int)),
+        "multiclass_str": ExtraTreesClassifier(25, max_depth=8, random_state=0).fit(
+            X, np.where(X[:, 0] > 0.5, "high", np.where(X[:, 0] < -0.5, "low", "mid"))),
+        "extra_trees": ExtraTreesRegressor(25, max_depth=8, random_state=0).fit(X, 3 * X[:, 0] - X[:, 2]),
+        "two_outputs_nan": RandomForestRegressor(25, max_depth=8, random_state=0).fit(
+            X_nan, np.c_[X[:, 0] * 10 + X[:, 1], X[:, 2] - X[:, 3]]),
+        "frame_pipeline": one_hot,
+        "ordinal_pipeline": Pipeline([
+            ("columns", ColumnTransformer([("city", OrdinalEncoder(), ["city"])], remainder="passthrough")),
+            ("forest", RandomForestClassifier(25, max_depth=8, random_state=0))]).fit(
+                frame, np.where(value > 60, "big", "small")),
+        BATCHED_KIND: one_hot,  # no list of known categories: any string reaches the model
+        # Exported as FP32 and then given FP64 inputs (with_fp64_inputs): a double matrix, and double
+        # numeric columns beside a string one.
+        "forest_fp64": RandomForestRegressor(25, max_depth=8, random_state=0).fit(X, X[:, 0] * 10 + X[:, 1] ** 2),
+        UNBATCHED_KIND: RandomForestRegressor(5, max_depth=4, random_state=0).fit(X, X[:, 0]),
+        "frame_fp64": Pipeline([
+            ("columns", ColumnTransformer([("city", OneHotEncoder(handle_unknown="ignore"), ["city"])],
+                                          remainder="passthrough")),
+            ("forest", RandomForestRegressor(25, max_depth=8, random_state=0))]).fit(frame, value),
+    }
+
+
+def with_fp64_inputs(model_dir: Path) -> None:
+    """Give an exported model FP64 inputs where it has FP32 ones: each version's graph casts the double
+    input to float first (what sklearn's forest does with its input), and config.pbtxt declares
+    TYPE_FP64, written through Triton's protobuf."""
+    import onnx
+    from onnx import TensorProto, helper
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from rf_triton.export import triton_config
+
+    for onnx_path in model_dir.glob("[0-9]*/model.onnx"):
+        model = onnx.load(onnx_path)
+        casts = []
+        for graph_input in model.graph.input:
+            if graph_input.type.tensor_type.elem_type != TensorProto.FLOAT:
+                continue
+            name, as_float = graph_input.name, f"{graph_input.name}_as_float"
+            for node in model.graph.node:
+                node.input[:] = [as_float if i == name else i for i in node.input]
+            graph_input.type.tensor_type.elem_type = TensorProto.DOUBLE
+            casts.append(helper.make_node("Cast", [name], [as_float], to=TensorProto.FLOAT, name=f"{name}_cast"))
+        nodes = casts + list(model.graph.node)
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        onnx.checker.check_model(model)
+        onnx.save(model, onnx_path)
+    config_path = model_dir / triton_config.CONFIG_FILENAME
+    config = triton_config.read_config(config_path)
+    for tensor in [*config.input, *(t for w in config.model_warmup for t in w.inputs.values())]:
+        if tensor.data_type == mc.TYPE_FP32:
+            tensor.data_type = mc.TYPE_FP64
+    triton_config.write_config(config_path, config)
+
+
+def without_batching(model_dir: Path) -> None:
+    """A model Triton serves without batching (max_batch_size 0), which RandomForestClient refuses."""
+    from rf_triton.export import triton_config
+
+    config_path = model_dir / triton_config.CONFIG_FILENAME
+    config = triton_config.read_config(config_path)
+    config.max_batch_size = 0
+    config.ClearField("dynamic_batching")
+    config.ClearField("model_warmup")
+    for tensor in [*config.input, *config.output]:
+        tensor.dims[:] = [-1, *tensor.dims]
+    triton_config.write_config(config_path, config)
+
+
+@pytest.fixture(scope="session")
+def kinds(servers, tmp_path_factory):
+    """(server, models, exports): each kind pickled, loaded back as a user would, exported, served by one server."""
+    import joblib
+
+    from rf_triton.export.triton_config import ServingOptions
+
+    folder = tmp_path_factory.mktemp("kinds")
+    repository = folder / "model_repository"
+    models, exports = build_kinds(), {}
+    for name, estimator in models.items():
+        joblib.dump(estimator, folder / f"{name}.joblib")
+        trained = sources.load_pickled(folder / f"{name}.joblib")
+        options = (ServingOptions(max_queue_delay_us=5_000_000, preferred_batch_sizes=(4,))
+                   if name == BATCHED_KIND else ServingOptions())
+        exports[name] = export_model(trained, repository, name=name, options=options)
+        if name.endswith("_fp64"):
+            with_fp64_inputs(repository / name)
+        if name == UNBATCHED_KIND:
+            without_batching(repository / name)
+    with servers.serving(repository, watch_interval_s=None) as server:
+        yield server, models, exports

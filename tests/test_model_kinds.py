@@ -11,81 +11,17 @@ from __future__ import annotations
 import json
 import urllib.request
 
-import joblib
 import numpy as np
-import pandas as pd
 import pytest
-from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import ExtraTreesClassifier, ExtraTreesRegressor, RandomForestClassifier, RandomForestRegressor
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+from conftest import frame_data, numeric_data
+from sklearn.ensemble import ExtraTreesClassifier, ExtraTreesRegressor
 
 from rf_triton.client import InputError, RandomForestClient
 from rf_triton.export import sources
-from rf_triton.export.pipeline import export_model
 
-pytestmark = pytest.mark.integration
 PROTOCOLS = ("http", "grpc")
-RNG = np.random.default_rng(7)
-
-
-def numeric_data(n: int = 1200, nan_fraction: float = 0.0):
-    X = RNG.normal(size=(n, 4)).astype(np.float32)
-    if nan_fraction:
-        X_train = X.copy()
-        X_train[RNG.random(X.shape) < nan_fraction] = np.nan
-        return X, X_train
-    return X, X
-
-
-def frame_data(n: int = 1200) -> pd.DataFrame:
-    return pd.DataFrame({
-        "city": RNG.choice(["paris", "lyon", "nice", "brest"], n).astype(object),
-        "size": RNG.normal(50, 20, n),
-        "age": RNG.normal(size=n),
-    })
-
-
-def build_models() -> dict:
-    X, X_nan = numeric_data(nan_fraction=0.2)
-    frame = frame_data()
-    value = (frame["city"] == "paris") * 30 + frame["size"] + 5 * frame["age"]
-    return {
-        "binary_nan": RandomForestClassifier(25, max_depth=8, random_state=0).fit(X_nan, (X[:, 0] + X[:, 1] > 0).astype(int)),
-        "multiclass_str": ExtraTreesClassifier(25, max_depth=8, random_state=0).fit(
-            X, np.where(X[:, 0] > 0.5, "high", np.where(X[:, 0] < -0.5, "low", "mid"))),
-        "extra_trees": ExtraTreesRegressor(25, max_depth=8, random_state=0).fit(X, 3 * X[:, 0] - X[:, 2]),
-        "two_outputs_nan": RandomForestRegressor(25, max_depth=8, random_state=0).fit(
-            X_nan, np.c_[X[:, 0] * 10 + X[:, 1], X[:, 2] - X[:, 3]]),
-        "frame_pipeline": Pipeline([
-            ("columns", ColumnTransformer([("city", OneHotEncoder(handle_unknown="ignore"), ["city"]),
-                                           ("size", StandardScaler(), ["size"])], remainder="passthrough")),
-            ("forest", RandomForestRegressor(25, max_depth=8, random_state=0))]).fit(frame, value),
-        "ordinal_pipeline": Pipeline([
-            ("columns", ColumnTransformer([("city", OrdinalEncoder(), ["city"])], remainder="passthrough")),
-            ("forest", RandomForestClassifier(25, max_depth=8, random_state=0))]).fit(
-                frame, np.where(value > 60, "big", "small")),
-    }
-
-
-@pytest.fixture(scope="module")
-def kinds(tmp_path_factory):
-    """Each model pickled, loaded back as a user would, exported, and served by one server."""
-    from rf_triton.serve.server import EmbeddedTriton
-
-    folder = tmp_path_factory.mktemp("kinds")
-    repository = folder / "model_repository"
-    models, exports = build_models(), {}
-    for name, estimator in models.items():
-        joblib.dump(estimator, folder / f"{name}.joblib")
-        trained = sources.load_pickled(folder / f"{name}.joblib")
-        exports[name] = export_model(trained, repository, name=name)
-    server = EmbeddedTriton.on_free_ports(repository, watch_interval_s=None)
-    server.start()
-    try:
-        yield server, models, exports
-    finally:
-        server.stop()
+HELD_OUT_SEED = 99  # rows the models were not trained on
+RNG = np.random.default_rng(HELD_OUT_SEED)
 
 
 def url(server, protocol: str) -> str:
@@ -115,12 +51,13 @@ def refused_by_server(server, protocol: str, model: str, tensors: list[tuple[str
 
 
 def rows_with_nan(n: int = 300) -> np.ndarray:
-    X, _ = numeric_data(n)
+    X, _ = numeric_data(n, seed=HELD_OUT_SEED)
     X[RNG.random(X.shape) < 0.3] = np.nan
     X[:3] = np.nan  # whole rows missing
     return X
 
 
+@pytest.mark.integration
 def test_parity_at_export_covers_nan_rows_for_every_kind(kinds):
     _, _, exports = kinds
     for name, result in exports.items():
@@ -129,6 +66,7 @@ def test_parity_at_export_covers_nan_rows_for_every_kind(kinds):
         assert result.parity.label_mismatches == 0, name
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_classifiers_serve_sklearn_labels_and_probabilities(kinds, protocol):
     server, models, _ = kinds
@@ -144,6 +82,7 @@ def test_classifiers_serve_sklearn_labels_and_probabilities(kinds, protocol):
         np.testing.assert_allclose(probabilities, model.predict_proba(X), atol=1e-5)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_regressors_serve_every_output(kinds, protocol):
     server, models, _ = kinds
@@ -157,10 +96,11 @@ def test_regressors_serve_every_output(kinds, protocol):
         np.testing.assert_allclose(predicted, expected, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_dataframe_pipelines_take_columns_by_name(kinds, protocol):
     server, models, _ = kinds
-    frame = frame_data(200)
+    frame = frame_data(200, seed=HELD_OUT_SEED)
     frame.loc[:9, "city"] = "unseen-city"  # handle_unknown="ignore": sklearn answers, so must the server
     frame.loc[10:19, "size"] = np.nan
     shuffled = frame[["age", "city", "size"]]
@@ -172,17 +112,18 @@ def test_dataframe_pipelines_take_columns_by_name(kinds, protocol):
     np.testing.assert_allclose(predicted, expected, rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(as_dicts, expected[:5], rtol=1e-5, atol=1e-3)
 
-    known = frame_data(200)
+    known = frame_data(200, seed=HELD_OUT_SEED)
     with RandomForestClient(url(server, protocol), protocol=protocol, model="ordinal_pipeline") as client:
         np.testing.assert_array_equal(client.predict(known), models["ordinal_pipeline"].predict(known))
 
 
+@pytest.mark.integration
 def test_classification_extension_returns_top_k_labels(kinds):
     """Triton's own classification extension reads labels.txt: 'score:index:label', best first."""
     server, models, _ = kinds
     model = models["multiclass_str"]
-    row = numeric_data(1)[0]
-    body = {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": row.ravel().tolist()}],
+    row = numeric_data(1, seed=HELD_OUT_SEED)[0]
+    body = {"inputs": [{"name": "X", "shape": [1, 5], "datatype": "FP32", "data": row.ravel().tolist()}],
             "outputs": [{"name": "probabilities", "parameters": {"classification": 2}}]}
     request = urllib.request.Request(f"http://{server.endpoints.http}/v2/models/multiclass_str/infer",
                                      data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
@@ -196,10 +137,11 @@ def test_classification_extension_returns_top_k_labels(kinds):
     np.testing.assert_allclose([float(entry.split(":")[0]) for entry in top], probabilities[best], atol=1e-5)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_infinity_refused_by_client_and_server(kinds, protocol):
     server, _, _ = kinds
-    X = numeric_data(4)[0]
+    X = numeric_data(4, seed=HELD_OUT_SEED)[0]
     X[2, 1] = np.inf
     with RandomForestClient(url(server, protocol), protocol=protocol, model="binary_nan") as client:
         with pytest.raises(InputError, match="row 2, column x1"):
@@ -209,6 +151,7 @@ def test_infinity_refused_by_client_and_server(kinds, protocol):
     assert "infinite values" in refusal.message()
 
 
+@pytest.mark.integration
 def test_metadata_records_task_classes_and_outputs(kinds):
     _, _, exports = kinds
     binary = exports["binary_nan"].metadata
@@ -219,11 +162,12 @@ def test_metadata_records_task_classes_and_outputs(kinds):
     assert (exports["multiclass_str"].version_dir.parent / "labels.txt").read_text() == "high\nlow\nmid\n"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_unknown_category_refused_where_sklearn_refuses_it(kinds, protocol):
     """OrdinalEncoder(handle_unknown="error"): sklearn raises, so the client and the server refuse."""
     server, models, _ = kinds
-    frame = frame_data(3)
+    frame = frame_data(3, seed=HELD_OUT_SEED)
     frame.loc[1, "city"] = "atlantis"
     with pytest.raises(ValueError, match="unknown categories"):
         models["ordinal_pipeline"].predict(frame)
@@ -251,6 +195,7 @@ def test_lean_forest_converter_writes_what_skl2onnx_writes(kind):
     from rf_triton.export import onnx_convert
 
     X, X_nan = numeric_data(600, nan_fraction=0.2)
+    X, X_nan = X[:, :4], X_nan[:, :4]
     targets = {"two-output regressor": np.c_[X[:, 0], X[:, 1] * 100], "binary": (X[:, 0] > 0).astype(int),
                "multiclass": np.digitize(X[:, 0], [-1, 0, 1])}
     classifier = kind != "two-output regressor"
@@ -280,3 +225,129 @@ def test_lean_forest_converter_writes_what_skl2onnx_writes(kind):
     assert set(written) == set(expected)
     for key in expected:
         assert written[key] == expected[key], key
+
+
+# -- inputs in the datatype the config declares: FP64 matrices and columns ------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_fp64_matrix_is_sent_as_doubles_and_answers_what_sklearn_answers(kinds, protocol):
+    server, models, _ = kinds
+    X = rows_with_nan()
+    with RandomForestClient(url(server, protocol), protocol=protocol, model="forest_fp64") as client:
+        assert [t.datatype for t in client.signature.inputs] == ["FP64"]
+        assert client.prepare(X)["X"].dtype == np.float64
+        predicted = client.predict(X)
+    np.testing.assert_allclose(predicted, models["forest_fp64"].predict(X), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_fp64_columns_take_values_beyond_the_fp32_range_and_fp32_columns_refuse_them(kinds, protocol):
+    """Per input: numbers go out as the config declares them (FP64 here, BYTES for the strings), and
+    only an FP32 input refuses a value float32 cannot hold; the served answer is ONNX Runtime's."""
+    import onnxruntime as ort
+
+    server, models, exports = kinds
+    frame = frame_data(50, seed=HELD_OUT_SEED)
+    with RandomForestClient(url(server, protocol), protocol=protocol, model="frame_fp64") as client:
+        assert [(t.name, t.datatype) for t in client.signature.inputs] == [
+            ("city", "BYTES"), ("size", "FP64"), ("age", "FP64")]
+        np.testing.assert_allclose(client.predict(frame), models["frame_fp64"].predict(frame), rtol=1e-5, atol=1e-4)
+        frame.loc[3, "size"] = 1e39
+        tensors = client.prepare(frame)
+        assert tensors["size"].dtype == np.float64 and tensors["size"][3, 0] == 1e39
+        predicted = client.predict(frame)
+    session = ort.InferenceSession(str(exports["frame_fp64"].version_dir / "model.onnx"))
+    (expected,) = session.run(None, {name: tensor if tensor.dtype != object else tensor.astype(str).astype(object)
+                                     for name, tensor in tensors.items()})
+    np.testing.assert_array_equal(predicted, expected.reshape(-1))
+    with RandomForestClient(url(server, protocol), protocol=protocol, model="frame_pipeline") as client:
+        with pytest.raises(InputError, match="beyond the FP32 range"):
+            client.predict(frame)
+
+
+# -- one request's refusal leaves the others of its batch answered ---------------------------------
+
+
+@pytest.mark.integration
+def test_a_string_that_is_not_utf8_fails_only_its_own_request_of_a_batch(kinds):
+    """Four one-row requests fill the preferred batch of 4: the batcher hands them to one execution,
+    as the server's statistics show; the one whose string is not UTF-8 is refused, alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    from conftest import BATCHED_KIND
+
+    server, models, _ = kinds
+    frame = frame_data(4, seed=HELD_OUT_SEED)
+    before = server.model_stats(BATCHED_KIND)
+
+    def send(row: int):
+        client = httpclient.InferenceServerClient(server.endpoints.http, network_timeout=60)
+        city = b"\xff\xfe" if row == 2 else frame["city"][row].encode()
+        inputs = [httpclient.InferInput("city", [1, 1], "BYTES"), httpclient.InferInput("size", [1, 1], "FP32"),
+                  httpclient.InferInput("age", [1, 1], "FP32")]
+        inputs[0].set_data_from_numpy(np.array([[city]], dtype=object), binary_data=True)
+        inputs[1].set_data_from_numpy(np.array([[frame["size"][row]]], dtype=np.float32), binary_data=True)
+        inputs[2].set_data_from_numpy(np.array([[frame["age"][row]]], dtype=np.float32), binary_data=True)
+        try:
+            return float(client.infer(BATCHED_KIND, inputs).as_numpy("variable").reshape(-1)[0])
+        except InferenceServerException as exc:
+            return exc
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(send, range(4)))
+    after = server.model_stats(BATCHED_KIND)
+    assert after["inference_count"] - before["inference_count"] == 4
+    assert after["execution_count"] - before["execution_count"] == 1  # one batch: the four were grouped
+    refused = answers.pop(2)
+    assert isinstance(refused, InferenceServerException) and str(refused.status()) == "400"
+    assert "not UTF-8" in refused.message()
+    np.testing.assert_allclose(answers, models[BATCHED_KIND].predict(frame.drop(index=2)), rtol=1e-5)
+
+
+# -- a client that cannot use a model says why at once and leaves no connection open ---------------
+
+
+def open_connections_to(port: int) -> int:
+    import psutil
+
+    return sum(1 for c in psutil.Process().net_connections(kind="tcp")
+               if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_mistyped_model_name_fails_at_once_with_the_servers_reason(kinds, protocol):
+    from rf_triton.client import InferenceError
+
+    server, _, _ = kinds
+    with pytest.raises(InferenceError, match="model 'binary_nann' is not served at .*unknown model"):
+        RandomForestClient(url(server, protocol), protocol=protocol, model="binary_nann", init_timeout_s=300).connect()
+    with pytest.raises(InferenceError, match="version 9 is not served"):
+        RandomForestClient(url(server, protocol), protocol=protocol, model="binary_nan", version=9,
+                           init_timeout_s=300).connect()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_model_the_client_cannot_use_leaves_no_connection_open(kinds, protocol):
+    from conftest import UNBATCHED_KIND
+
+    from rf_triton.client import InferenceError
+
+    server, _, _ = kinds
+    port = server.endpoints.http_port if protocol == "http" else server.endpoints.grpc_port
+    client = RandomForestClient(url(server, protocol), protocol=protocol, model=UNBATCHED_KIND)
+    with pytest.raises(InferenceError, match="does not batch"):
+        with client:
+            pass
+    assert client._client is None
+    if protocol == "http":
+        assert open_connections_to(port) == 0
