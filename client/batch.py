@@ -10,7 +10,12 @@ Why it is built this way:
 - The output is written under a temporary name in the same folder and renamed at the end: an
   interrupted run never leaves a half-written file under the final name.
 - Each chunk's feature values are checked here, before sending, so that a bad value is reported
-  with its row number in the file and its column, not as an anonymous request failure.
+  with its row number in the file and its column, not as an anonymous request failure. Numbers go
+  out in each input's own datatype (FP32 or FP64, as the model's config declares).
+- Only the server's refusal of the rows themselves (a 4xx) marks rows as bad under --on-error
+  skip; a busy or failing server stops the run: its rows are not wrong.
+- A stop request (Ctrl-C, SIGTERM) is an event the loop checks between requests, never an
+  exception raised wherever the main thread happens to be: the cleanup cannot be interrupted.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .. import repository
+from .. import signature as model_signature
 from ..errors import first_line
-from .client import FP32_MAX, ClientError, InferenceError, InputError, RandomForestClient
+from .client import ClientError, InferenceError, InputError, RandomForestClient, beyond_range
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +47,10 @@ ERROR_COLUMN = "error"
 
 class BatchError(ClientError):
     """The run cannot go on: an unreadable file, a missing column, or a bad row under --on-error stop."""
+
+
+class BatchStopped(BatchError):
+    """A stop was requested (Ctrl-C, SIGTERM): the run ended early and wrote nothing under the output name."""
 
 
 @dataclass(frozen=True)
@@ -101,21 +111,30 @@ def file_format(path: Path) -> str:
 
 @dataclass(frozen=True)
 class ModelColumns:
-    """The file columns a model reads, in the order it takes them."""
+    """The file columns a model reads, in the order it takes them, and the datatype each is sent as."""
 
     names: tuple[str, ...] | None     # None: the model's features have no names (positional)
     n_features: int
     columnar: bool = False            # one input per column (a pipeline with categorical columns)
-    text: frozenset[str] = frozenset()  # columnar inputs that take strings
+    datatypes: dict[str, str] = field(default_factory=dict)  # columnar: datatype of each input
+    matrix_datatype: str = model_signature.FP32              # one matrix: its datatype
+
+    @property
+    def text(self) -> frozenset[str]:
+        """Columnar inputs that take strings."""
+        return frozenset(n for n, d in self.datatypes.items() if d == model_signature.BYTES)
+
+    def datatype(self, column: str) -> str:
+        return self.datatypes.get(column, self.matrix_datatype)
 
 
 def model_columns(client: RandomForestClient) -> ModelColumns:
     signature = client.signature
     if signature.columnar:  # one input per column, named after it
         names = tuple(i.name for i in signature.inputs)
-        text = frozenset(i.name for i in signature.inputs if i.datatype == "BYTES")
-        return ModelColumns(names, len(names), columnar=True, text=text)
-    return ModelColumns(tuple(signature.feature_names) or None, client.n_features)
+        return ModelColumns(names, len(names), columnar=True, datatypes={i.name: i.datatype for i in signature.inputs})
+    return ModelColumns(tuple(signature.feature_names) or None, client.n_features,
+                        matrix_datatype=signature.inputs[0].datatype)
 
 
 def instance_count(client: RandomForestClient) -> int:
@@ -126,13 +145,23 @@ def instance_count(client: RandomForestClient) -> int:
 
 def output_names(client: RandomForestClient, proba: bool) -> list[str]:
     """Column names a reader understands: prediction(s), or label and proba_<class>."""
+    return list(output_types(client, proba))
+
+
+def output_types(client: RandomForestClient, proba: bool) -> dict:
+    """The added columns and their Arrow types, known before any answer: a chunk whose rows all
+    failed still gets the columns every other chunk gets."""
+    import pyarrow as pa
+
     signature = client.signature
     if signature.is_classifier:
-        return ["label"] + ([f"proba_{c}" for c in signature.classes] if proba else [])
+        label = pa.int64() if all(isinstance(c, int) for c in signature.classes) else pa.string()
+        return {"label": label, **({f"proba_{c}": pa.float32() for c in signature.classes} if proba else {})}
     if proba:
         raise BatchError("--proba needs a classifier; this model is a regressor")
     n_outputs = signature.n_outputs
-    return ["prediction"] if n_outputs == 1 else [f"prediction_{i}" for i in range(n_outputs)]
+    names = ["prediction"] if n_outputs == 1 else [f"prediction_{i}" for i in range(n_outputs)]
+    return {name: pa.float32() for name in names}
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -160,6 +189,18 @@ class ChunkReader:
         else:
             self.total = path.stat().st_size
             self.columns = self._csv_header()
+        repeated = sorted({c for c in self.columns if self.columns.count(c) > 1})
+        if repeated:
+            raise BatchError(f"{path} has several columns named {', '.join(map(repr, repeated))}; "
+                             "give each column its own name")
+
+    def schema(self, typed: set[str] = frozenset()):
+        """The Arrow schema of the chunks: a CSV's columns are text, except `typed` ones (float64)."""
+        import pyarrow as pa
+
+        if self.format == "parquet":
+            return self._parquet.schema_arrow
+        return pa.schema([(c, pa.float64() if c in typed else pa.string()) for c in self.columns])
 
     @property
     def done(self) -> int:
@@ -233,8 +274,10 @@ def select_columns(reader_columns: list[str], model: ModelColumns) -> list[str]:
     return list(model.names)
 
 
-def numeric_column(column, name: str, first_row: int, errors: dict[int, RowError]) -> np.ndarray:
-    """float64 values of one column; values that are not numbers, infinite or beyond FP32 become errors."""
+def numeric_column(column, name: str, first_row: int, errors: dict[int, RowError],
+                   datatype: str = model_signature.FP32) -> np.ndarray:
+    """float64 values of one column; values that are not numbers, infinite, or beyond the range of the
+    input's datatype (FP32) become errors."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -248,7 +291,7 @@ def numeric_column(column, name: str, first_row: int, errors: dict[int, RowError
     else:
         raise BatchError(f"column {name!r} holds {column.type}; the model takes numbers there")
     finite = np.isfinite(values) | np.isnan(values)
-    in_range = np.abs(np.where(np.isfinite(values), values, 0.0)) <= FP32_MAX
+    in_range = ~beyond_range(values, datatype)
     for index in np.nonzero(~(finite & in_range))[0]:
         problem = "infinite value" if not finite[index] else f"{values[index]:g} is beyond the FP32 range"
         errors.setdefault(int(index), RowError(first_row + int(index) + 1, name, problem))
@@ -270,22 +313,23 @@ def _lenient_numbers(column, name: str, first_row: int, errors: dict[int, RowErr
 
 
 def model_input(table, columns: list[str], model: ModelColumns, first_row: int):
-    """What the client takes for this chunk (float32 matrix, or a DataFrame for columnar models), the
-    chunk's bad rows (index in the chunk → RowError), and the numeric columns' values as float64."""
+    """What the client takes for this chunk (a matrix in the input's dtype, or a DataFrame for columnar
+    models), the chunk's bad rows (index in the chunk → RowError), and the numeric columns' values as
+    float64."""
     import pandas as pd
 
     errors: dict[int, RowError] = {}
-    numbers = {name: numeric_column(table.column(name), name, first_row, errors)
+    numbers = {name: numeric_column(table.column(name), name, first_row, errors, model.datatype(name))
                for name in columns if name not in model.text}
     if not model.columnar:
-        matrix = np.empty((table.num_rows, len(columns)), dtype=np.float32)
+        matrix = np.empty((table.num_rows, len(columns)), dtype=model_signature.numpy_dtype(model.matrix_datatype))
         for j, name in enumerate(columns):
             matrix[:, j] = numbers[name]
         return matrix, errors, numbers
     frame = {}
     for name in columns:
         if name not in model.text:
-            frame[name] = numbers[name].astype(np.float32)
+            frame[name] = numbers[name].astype(model_signature.numpy_dtype(model.datatype(name)))
             continue
         text = table.column(name).to_pandas()
         for index in np.flatnonzero(text.isna().to_numpy()):
@@ -329,10 +373,14 @@ class FileSink:
                                                                          quoting_style=style))
         self._header = False
 
-    def commit(self) -> None:
+    def commit(self, schema) -> None:
+        """Publish the file; an input without rows gives a file with the columns and no rows
+        (`schema`), which readers open like any other."""
+        if self._parquet is None and self._csv is None:
+            import pyarrow as pa
+
+            self.write(pa.Table.from_batches([], schema=schema))
         self._close()
-        if not self.temporary.exists():  # an input with no rows: the output has none either
-            self.temporary.touch()
         with open(self.temporary, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(self.temporary, self.path)
@@ -374,7 +422,7 @@ class LineSink:
         lines = [",".join(_format_value(v) for v in row) for row in zip(*parts)]
         self.stream.write("".join(f"{line}\n" for line in lines))
 
-    def commit(self) -> None:
+    def commit(self, schema=None) -> None:
         self.stream.flush()
 
     def abort(self) -> None:
@@ -446,20 +494,24 @@ class _Chunk:
 
 def score_file(factory: Callable[[], RandomForestClient], input_path: Path, output_path: Path | None,
                options: BatchOptions = BatchOptions(), *,
-               progress: Callable[[int, int, int], None] | None = None) -> BatchSummary:
+               progress: Callable[[int, int, int], None] | None = None,
+               stop: threading.Event | None = None) -> BatchSummary:
     """Score every row of input_path into output_path (None: lines on stdout).
 
     `factory` makes an unconnected client (each worker thread connects its own). `progress` is
     called after each chunk with (rows done, input done, input total) — input in bytes for CSV and
-    rows for Parquet.
+    rows for Parquet. Setting `stop` ends the run at the next request with BatchStopped, the
+    temporary file removed.
     """
     started = time.monotonic()
+    stop = stop or threading.Event()
     reader = ChunkReader(Path(input_path), options.chunk_rows)
     with factory() as probe:
         model = model_columns(probe)
-        names = output_names(probe, options.proba)
+        added_types = output_types(probe, options.proba)
         batch_rows = probe.max_batch_size
         concurrency = options.concurrency or instance_count(probe)
+    names = list(added_types)
     columns = select_columns(reader.columns, model)
     clash = [n for n in names + ([ERROR_COLUMN] if options.on_error == "skip" else []) if n in reader.columns]
     if output_path is not None and clash:
@@ -468,26 +520,33 @@ def score_file(factory: Callable[[], RandomForestClient], input_path: Path, outp
     printed = [n for n in names if n.startswith("proba_")] if options.proba else names
     sink = FileSink(Path(output_path)) if output_path is not None else LineSink(printed)
     summary = BatchSummary(output=Path(output_path) if output_path is not None else None, concurrency=concurrency)
-    workers = _Workers(factory, concurrency)
     typed_features = reader.format == "csv" and getattr(sink, "format", "") == "parquet"
+    typed = {c for c in columns if c not in model.text} if typed_features else set()
+    added = dict(added_types, **({ERROR_COLUMN: None} if options.on_error == "skip" else {}))
+    schema = _with_columns(reader.schema(typed), added)
+    workers = _Workers(factory, concurrency)
     pending: deque[_Chunk] = deque()
     logger.info("scoring %s with %d request(s) in flight, %d rows per request", input_path, concurrency, batch_rows)
+
+    def finish_one() -> None:
+        _finish(pending.popleft(), sink, added_types, options, summary, output_path is not None, stop)
+        if progress:
+            progress(summary.rows, reader.done, reader.total)
+
     try:
         first_row = 0
         for table in reader:
+            _check_stop(stop)
             pending.append(_submit(workers, table, first_row, columns, model, batch_rows, options,
                                    typed_features))
             summary.requests += len(pending[-1].parts)
             first_row += table.num_rows
             while len(pending) > 2:  # reading stays up to two chunks ahead of writing
-                _finish(pending.popleft(), sink, names, options, summary, output_path is not None)
-                if progress:
-                    progress(summary.rows, reader.done, reader.total)
+                finish_one()
         while pending:
-            _finish(pending.popleft(), sink, names, options, summary, output_path is not None)
-            if progress:
-                progress(summary.rows, reader.done, reader.total)
-        sink.commit()
+            finish_one()
+        _check_stop(stop)
+        sink.commit(schema)
     except BaseException:
         for chunk in pending:
             for _, _, future in chunk.parts:
@@ -500,6 +559,19 @@ def score_file(factory: Callable[[], RandomForestClient], input_path: Path, outp
     summary.seconds = time.monotonic() - started
     logger.info(summary.line())
     return summary
+
+
+def _check_stop(stop: threading.Event) -> None:
+    if stop.is_set():
+        raise BatchStopped("interrupted; nothing was written under the output name")
+
+
+def _with_columns(schema, added: dict):
+    import pyarrow as pa
+
+    for name, kind in added.items():
+        schema = schema.append(pa.field(name, kind if kind is not None else pa.string()))
+    return schema
 
 
 def _submit(workers: _Workers, table, first_row: int, columns: list[str], model: ModelColumns,
@@ -525,37 +597,50 @@ def _submit(workers: _Workers, table, first_row: int, columns: list[str], model:
     return _Chunk(table, first_row, valid, errors, parts)
 
 
-def _finish(chunk: _Chunk, sink, names: list[str], options: BatchOptions, summary: BatchSummary,
-            to_file: bool) -> None:
+def refuses_the_rows(exc: ClientError) -> bool:
+    """Whether a failed request says its rows are wrong (the client's check, or a 4xx / INVALID_ARGUMENT
+    from the server), as opposed to a busy or failing server, whose answer says nothing of the rows."""
+    if isinstance(exc, InputError):
+        return True
+    status = str(getattr(exc, "status", "") or "")
+    return isinstance(exc, InferenceError) and (status.startswith("4") or status == "StatusCode.INVALID_ARGUMENT")
+
+
+def _finish(chunk: _Chunk, sink, added_types: dict, options: BatchOptions, summary: BatchSummary,
+            to_file: bool, stop: threading.Event) -> None:
     """Wait for a chunk's requests, then write its rows in order (input columns + predictions)."""
     import pyarrow as pa
 
     n = chunk.table.num_rows
+    names = list(added_types)
     outputs: list[np.ndarray | None] = [None] * len(names)
     errors = dict(chunk.errors)
-    for start, stop, future in chunk.parts:
+    for start, stop_row, future in chunk.parts:
+        _check_stop(stop)
         try:
             values = future.result()
-        except (InputError, InferenceError) as exc:
-            first, last = chunk.first_row + int(chunk.valid[start]) + 1, chunk.first_row + int(chunk.valid[stop - 1]) + 1
+        except ClientError as exc:
+            first = chunk.first_row + int(chunk.valid[start]) + 1
+            last = chunk.first_row + int(chunk.valid[stop_row - 1]) + 1
+            if not refuses_the_rows(exc):
+                raise BatchError(f"rows {first}-{last}: {exc}") from None
             if options.on_error == "stop":
                 raise BatchError(f"rows {first}-{last}: the server refused them: {exc}") from None
-            for index in chunk.valid[start:stop]:
+            for index in chunk.valid[start:stop_row]:
                 errors[int(index)] = RowError(chunk.first_row + int(index) + 1, "", f"refused by the server: {exc}")
             continue
-        rows = chunk.valid[start:stop]
+        rows = chunk.valid[start:stop_row]
         for k, column in enumerate(values):
             if outputs[k] is None:
                 outputs[k] = np.empty(n, dtype=column.dtype)
             outputs[k][rows] = column
     mask = np.zeros(n, dtype=bool)
     mask[list(errors)] = True
-    arrays = []
-    for column in outputs:
-        if column is None:  # every row of the chunk failed
-            column = np.full(n, np.nan, dtype=np.float32)
-        arrays.append(pa.array(column, mask=mask if errors else None))
-    added = dict(zip(names, arrays))
+    added = {}
+    for name, column in zip(names, outputs):
+        kind = added_types[name]
+        added[name] = (pa.nulls(n, type=kind) if column is None  # every row of the chunk failed
+                       else pa.array(column, mask=mask if errors else None).cast(kind))
     if options.on_error == "skip":
         messages = [str(errors[i]) if i in errors else None for i in range(n)] if errors else [None] * n
         added[ERROR_COLUMN] = pa.array(messages, type=pa.string())
@@ -568,16 +653,3 @@ def _finish(chunk: _Chunk, sink, names: list[str], options: BatchOptions, summar
     summary.errors += len(errors)
     for index in sorted(errors)[: max(0, 5 - len(summary.first_errors))]:
         summary.first_errors.append(errors[index])
-
-
-def batch_retry_policy(patience_s: float):
-    """Retries that outlast a server restart: exponential backoff up to 2 s, for about patience_s in all."""
-    from .client import RetryPolicy
-
-    policy = RetryPolicy(attempts=1, backoff_s=0.1, max_backoff_s=2.0)
-    waited, attempts = 0.0, 1
-    while waited < patience_s:
-        waited += policy.delay(attempts)
-        attempts += 1
-    return RetryPolicy(attempts=attempts, backoff_s=0.1, max_backoff_s=2.0)
-

@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
+from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,9 +20,19 @@ import typer
 
 from ..errors import fail, require_extra
 from . import batch
-from .client import ClientError, RandomForestClient
+from .client import ClientError, RandomForestClient, RetryPolicy
 
 app = typer.Typer()
+
+
+class Protocol(str, Enum):
+    http = "http"
+    grpc = "grpc"
+
+
+class OnError(str, Enum):
+    stop = "stop"
+    skip = "skip"
 
 
 def parse_values(text: str) -> list[list[float]]:
@@ -53,9 +66,10 @@ def show_progress() -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI")
 
 
-def score_with_progress(factory, input: Path, output: Path, options: batch.BatchOptions) -> batch.BatchSummary:
+def score_with_progress(factory, input: Path, output: Path, options: batch.BatchOptions,
+                        stop: threading.Event) -> batch.BatchSummary:
     if not show_progress():
-        return batch.score_file(factory, input, output, options)
+        return batch.score_file(factory, input, output, options, stop=stop)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     with Progress(TextColumn("[bold]scoring"), BarColumn(), TextColumn("{task.fields[rows]:,} rows"),
@@ -71,20 +85,26 @@ def score_with_progress(factory, input: Path, output: Path, options: batch.Batch
             elapsed = max(time.monotonic() - started[0], 1e-9)
             bar.update(task, completed=done, total=total, rows=rows, rate=rows / elapsed)
 
-        return batch.score_file(factory, input, output, options, progress=update)
+        return batch.score_file(factory, input, output, options, progress=update, stop=stop)
 
 
-def _stop_on_sigterm(signum, frame) -> None:
-    """Unwind like Ctrl-C (the partial output is removed on the way out), once: a second SIGTERM
-    must not interrupt that cleanup."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
+@contextmanager
+def stop_requested_by_signals():
+    """Ctrl-C and SIGTERM set an event that the scoring loop checks between requests; they never raise
+    where the main thread happens to be, so a second one cannot interrupt the cleanup of the first."""
+    stop = threading.Event()
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @app.command("predict")
 def predict(
     url: Annotated[str, typer.Option(help="Server address, host:port (HTTP port for http, gRPC port for grpc).")] = "127.0.0.1:8000",
-    protocol: Annotated[str, typer.Option(help="http or grpc.")] = "http",
+    protocol: Annotated[Protocol, typer.Option(help="Transport.")] = Protocol.http,
     model: Annotated[str, typer.Option(help="Model name.")] = "random_forest",
     version: Annotated[str, typer.Option(help="Model version; default: the server's choice.")] = "",
     input: Annotated[Optional[Path], typer.Option(
@@ -96,29 +116,27 @@ def predict(
              "(prediction, prediction_<i>, or label and proba_<class>). Default: values on stdout.")] = None,
     proba: Annotated[bool, typer.Option(help="Classifier: class probabilities instead of (stdout) or beside (--output) labels.")] = False,
     concurrency: Annotated[int, typer.Option(
-        help="Requests in flight while scoring a file; 0: one per model instance (instance_group count).")] = 0,
-    on_error: Annotated[str, typer.Option(
-        help="A bad row (not a number, infinite): stop (one error line) or skip (written with an 'error' column).")] = "stop",
-    chunk_rows: Annotated[int, typer.Option(help="Rows read and written at a time.")] = 65536,
+        min=0, help="Requests in flight while scoring a file; 0: one per model instance (instance_group count).")] = 0,
+    on_error: Annotated[OnError, typer.Option(
+        help="A bad row (not a number, infinite, refused by the server): stop (one error line) or skip "
+             "(written with an 'error' column). A busy or failing server always stops the run.")] = OnError.stop,
+    chunk_rows: Annotated[int, typer.Option(min=1, help="Rows read and written at a time.")] = 65536,
     timeout_s: Annotated[float, typer.Option(
-        help="Seconds to wait for the model and for each request; a file run also retries an unreachable "
-             "server this long (a restart).")] = 30.0,
+        min=0.001, help="Seconds to wait for the model and for each request; a file run also retries an "
+                        "unreachable or busy server for this long in all, the requests' own time included "
+                        "(a restart).")] = 30.0,
 ) -> None:
     """Send rows to a served forest: print one prediction per line, or score a file into --output."""
     if (input is None) == (values is None):
         raise fail("give exactly one of --input FILE or --values V1,V2,...")
     if output is not None and input is None:
         raise fail("--output needs --input FILE")
-    if on_error not in batch.ON_ERROR:
-        raise fail(f"--on-error must be one of {', '.join(batch.ON_ERROR)}, not {on_error!r}")
-    if concurrency < 0 or chunk_rows < 1:
-        raise fail("--concurrency must be >= 0 and --chunk-rows >= 1")
     if input is not None:
         require_extra("batch", "rf-triton predict --input")
 
     def factory() -> RandomForestClient:
-        return RandomForestClient(url, protocol=protocol, model=model, version=version, timeout_s=timeout_s,
-                                  init_timeout_s=timeout_s, retry=batch.batch_retry_policy(timeout_s))
+        return RandomForestClient(url, protocol=protocol.value, model=model, version=version, timeout_s=timeout_s,
+                                  init_timeout_s=timeout_s, retry=RetryPolicy.for_restarts(timeout_s))
 
     try:
         if values is not None:
@@ -126,20 +144,20 @@ def predict(
             with factory() as client:
                 print_rows(client, rows, proba)
             return
-        options = batch.BatchOptions(chunk_rows=chunk_rows, concurrency=concurrency, on_error=on_error, proba=proba)
-        previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
-        try:
+        options = batch.BatchOptions(chunk_rows=chunk_rows, concurrency=concurrency, on_error=on_error.value,
+                                     proba=proba)
+        with stop_requested_by_signals() as stop:
             if output is None:
-                batch.score_file(factory, input, None, options)
+                batch.score_file(factory, input, None, options, stop=stop)
                 return
-            summary = score_with_progress(factory, input, output, options)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+            summary = score_with_progress(factory, input, output, options, stop)
         typer.echo(summary.line(), err=True)
         for row_error in summary.first_errors:
             typer.echo(f"  {row_error}", err=True)
     except BrokenPipeError:  # the reader of stdout stopped early (| head): stop quietly, as other tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except batch.BatchStopped as exc:
+        raise fail(str(exc), code=130) from None
     except (ClientError, ValueError, OSError) as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:

@@ -1,7 +1,8 @@
 """RandomForestClient: predictions from a forest served by Triton, over HTTP or gRPC.
 
-The client reads the model's metadata and config once (input/output names, feature count and
-names, max_batch_size), checks inputs before sending them, and splits inputs larger than
+The client reads the model's metadata and config once (input/output names and datatypes, feature
+count and names, max_batch_size), checks inputs before sending them, sends each input in the
+datatype the config declares for it (FP32, FP64 or BYTES), and splits inputs larger than
 max_batch_size into several requests. It speaks to the embedded server and to the stock
 container alike.
 """
@@ -16,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
+import tenacity
 from tritonclient.utils import InferenceServerException
 
 from .. import signature
@@ -55,26 +57,55 @@ RETRYABLE_STATUSES = {"503", "StatusCode.UNAVAILABLE"}
 BUSY_MESSAGES = ("Exceeds maximum queue size", "Request timeout expired")
 
 
+# gRPC's own retries (its service config) can make at most this many attempts of one call.
+GRPC_MAX_ATTEMPTS = 5
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How often to resend a request that failed for a transient reason, with exponential backoff.
 
     Predictions are pure functions of their input, so resending one is always safe (idempotent).
     Only unreachable servers, dropped connections and UNAVAILABLE answers are retried; a refusal
-    of the request itself (4xx, INVALID_ARGUMENT) never is.
+    of the request itself (4xx, INVALID_ARGUMENT) never is. `patience_s` bounds the whole of it,
+    the time spent in the requests included: no retry starts once that much time has passed since
+    the first attempt, however many attempts are left.
     """
 
     attempts: int = 3
     backoff_s: float = 0.05
     max_backoff_s: float = 1.0
+    patience_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.attempts < 1 or self.backoff_s < 0 or self.max_backoff_s < 0:
             raise ValueError("RetryPolicy needs attempts >= 1 and non-negative backoffs")
+        if self.patience_s is not None and self.patience_s < 0:
+            raise ValueError("RetryPolicy needs a non-negative patience_s")
 
-    def delay(self, retry: int) -> float:
-        """Seconds to wait before retry number `retry` (1-based)."""
-        return min(self.backoff_s * 2 ** (retry - 1), self.max_backoff_s)
+    @classmethod
+    def for_restarts(cls, patience_s: float) -> "RetryPolicy":
+        """Retries that outlast a server restart: backoff up to 2 s, for patience_s in all."""
+        return cls(attempts=1_000_000, backoff_s=0.1, max_backoff_s=2.0, patience_s=patience_s)
+
+    def stop(self):
+        """tenacity's stop condition: out of attempts, or out of time."""
+        stop = tenacity.stop_after_attempt(self.attempts)
+        if self.patience_s is not None:
+            stop = stop | tenacity.stop_after_delay(self.patience_s)
+        return stop
+
+    def wait(self):
+        return tenacity.wait_exponential(multiplier=self.backoff_s, max=self.max_backoff_s)
+
+    def grpc_service_config(self) -> str:
+        """The same backoff as gRPC's service config: the channel resends UNAVAILABLE calls itself."""
+        attempts = min(self.attempts, GRPC_MAX_ATTEMPTS)
+        policy = {"maxAttempts": attempts, "initialBackoff": f"{max(self.backoff_s, 0.001):.3f}s",
+                  "maxBackoff": f"{max(self.max_backoff_s, 0.001):.3f}s", "backoffMultiplier": 2,
+                  "retryableStatusCodes": ["UNAVAILABLE"]}
+        return json.dumps({"methodConfig": [{"name": [{"service": "inference.GRPCInferenceService"}],
+                                             **({"retryPolicy": policy} if attempts > 1 else {})}]})
 
 
 NO_RETRY = RetryPolicy(attempts=1)
@@ -126,18 +157,23 @@ class RandomForestClient:
         self.close()
 
     def connect(self) -> "RandomForestClient":
-        """Open the connection, wait up to init_timeout_s for the model, and read its description."""
+        """Open the connection, wait up to init_timeout_s for the model, and read its description.
+
+        On any failure the connection is closed again: `with RandomForestClient(...)` never leaks one."""
         if self._client is None:
             self._client = self._new_client()
-        deadline = time.monotonic() + self.init_timeout_s
-        while not self.is_ready():
-            if time.monotonic() >= deadline:
-                self.close()
-                version = f" version {self.version}" if self.version else ""
-                raise ServerUnavailableError(f"model {self.model!r}{version} not ready at {self.url} "
-                                             f"({self.protocol}) after {self.init_timeout_s:g} s")
-            time.sleep(0.2)
-        self._describe()
+        try:
+            deadline = time.monotonic() + self.init_timeout_s
+            while not self.is_ready():
+                if time.monotonic() >= deadline:
+                    version = f" version {self.version}" if self.version else ""
+                    raise ServerUnavailableError(f"model {self.model!r}{version} not ready at {self.url} "
+                                                 f"({self.protocol}) after {self.init_timeout_s:g} s")
+                time.sleep(0.2)
+            self._describe()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def close(self) -> None:
@@ -146,13 +182,27 @@ class RandomForestClient:
             self._client = None
 
     def is_ready(self) -> bool:
-        """True when the server answers and the model (version) is ready."""
+        """True when the model (version) is ready; False while the server or the model is still coming up.
+
+        A server that is ready but does not know the model (a mistyped name or version) raises
+        InferenceError at once with the server's reason: waiting cannot make it appear."""
         if self._client is None:
             return False
         try:
-            return bool(self._client.is_model_ready(self.model, self.version))
-        except Exception:  # refused connection, DNS, TLS...: all mean "not ready"
+            if self._call("is_model_ready", self.model, self.version):
+                return True
+            server_ready = self._call("is_server_ready")
+        except ServerUnavailableError:  # refused connection, DNS, a server still starting
             return False
+        if server_ready:  # strict readiness: every model the server knows is loaded, so this one is not known
+            try:
+                self._call("get_model_metadata", self.model, self.version)
+            except ServerUnavailableError:
+                return False
+            except InferenceError as exc:
+                raise InferenceError(f"model {self.model!r}{f' version {self.version}' if self.version else ''} "
+                                     f"is not served at {self.url}: {str(exc).split(': ', 1)[-1]}", exc.status) from None
+        return False
 
     def _new_client(self):
         if self.protocol == "http":
@@ -162,11 +212,28 @@ class RandomForestClient:
                                                     network_timeout=self.timeout_s)
         import tritonclient.grpc as grpcclient
 
-        return grpcclient.InferenceServerClient(self.url, ssl=self.ssl)
+        return grpcclient.InferenceServerClient(self.url, ssl=self.ssl, channel_args=self._grpc_channel_args())
+
+    def _grpc_channel_args(self) -> list[tuple[str, Any]]:
+        """tritonclient's own channel arguments, plus gRPC's retries of UNAVAILABLE calls (service config)."""
+        from tritonclient.grpc import KeepAliveOptions
+        from tritonclient.grpc._client import MAX_GRPC_MESSAGE_SIZE
+
+        keepalive = KeepAliveOptions()
+        return [("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+                ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+                ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+                ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+                ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+                ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+                ("grpc.enable_retries", 1),
+                ("grpc.service_config", self.retry.grpc_service_config())]
 
     def _call(self, method: str, *args, **kwargs):
-        if self.protocol == "grpc" and method.startswith("get_"):
-            kwargs["as_json"] = True
+        if self.protocol == "grpc":  # every gRPC call has a deadline (tritonclient's default is none)
+            kwargs.setdefault("client_timeout", self.timeout_s)
+            if method.startswith("get_"):
+                kwargs["as_json"] = True
         try:
             return getattr(self._client, method)(*args, **kwargs)
         except InferenceServerException as exc:
@@ -181,17 +248,21 @@ class RandomForestClient:
             raise ServerUnavailableError(f"{method} for model {self.model!r} at {self.url}: {exc}") from None
 
     def _call_with_retry(self, method: str, *args, **kwargs):
-        for attempt in range(1, self.retry.attempts + 1):
-            try:
-                return self._call(method, *args, **kwargs)
-            except (ServerBusyError, ServerUnavailableError):
-                if attempt == self.retry.attempts:
-                    raise
-                self.retries += 1
-                time.sleep(self.retry.delay(attempt))
-                if self.protocol == "http":  # a dropped keep-alive connection is not reused
-                    self._client.close()
-                    self._client = self._new_client()
+        """`_call` under the retry policy. gRPC's channel already resends UNAVAILABLE calls
+        (its service config), so over gRPC this loop only adds the retries that `patience_s` allows."""
+        policy = self.retry
+        if self.protocol == "grpc" and policy.patience_s is None:
+            return self._call(method, *args, **kwargs)
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            self.retries += 1
+            if self.protocol == "http":  # a dropped keep-alive connection is not reused
+                self._client.close()
+                self._client = self._new_client()
+
+        retrying = tenacity.Retrying(stop=policy.stop(), wait=policy.wait(), reraise=True, before_sleep=before_sleep,
+                                     retry=tenacity.retry_if_exception_type((ServerBusyError, ServerUnavailableError)))
+        return retrying(self._call, method, *args, **kwargs)
 
     def _describe(self) -> None:
         config = self._call("get_model_config", self.model, self.version)
@@ -256,9 +327,9 @@ class RandomForestClient:
             raise InputError(f"input has {array.shape[1]} features per row, the model takes {self.n_features}")
         if array.shape[0] == 0:
             raise InputError("input has no rows")
-        datatype = self.signature.inputs[0].datatype
-        _check_finite(array, self.feature_names, datatype)
-        return {self.input_name: np.ascontiguousarray(array, dtype=signature.numpy_dtype(datatype))}
+        tensor = self.signature.inputs[0]
+        _check_finite(array, self.feature_names, tensor.datatype)
+        return {self.input_name: np.ascontiguousarray(array, dtype=signature.numpy_dtype(tensor.datatype))}
 
     def _prepare_columns(self, X) -> dict[str, np.ndarray]:
         try:
@@ -382,18 +453,24 @@ class RandomForestClient:
             raise ClientError("client is not connected: use `with RandomForestClient(...) as client:` or connect()")
 
 
-def _check_finite(array: np.ndarray, names: list[str] | None, datatype: str = signature.FP32) -> None:
-    """±inf (and, for an FP32 input, values beyond FP32) are refused, as sklearn refuses them; NaN is a
+def beyond_range(values: np.ndarray, datatype: str) -> np.ndarray:
+    """Where finite values cannot be sent as `datatype`: beyond the FP32 range, for FP32 inputs only."""
+    if datatype != signature.FP32:
+        return np.zeros(values.shape, dtype=bool)
+    return np.abs(np.where(np.isfinite(values), values, 0.0)) > FP32_MAX
+
+
+def _check_finite(array: np.ndarray, names: list[str] | None, datatype: str) -> None:
+    """±inf is refused (sklearn refuses it too), and for an FP32 input values beyond its range; NaN is a
     missing value."""
     if array.dtype.kind != "f":
         return
-    bad = np.isinf(array)
-    if datatype == signature.FP32:
-        bad |= np.abs(np.nan_to_num(array)) > FP32_MAX
+    bad = np.isinf(array) | beyond_range(array, datatype)
     if bad.any():
         row, column = (int(i) for i in np.argwhere(bad)[0])
         name = names[column] if names and column < len(names) else f"feature {column}"
-        raise InputError(f"input holds infinite values or values beyond the FP32 range (first at row {row}, column {name}; "
+        what = "infinite values or values beyond the FP32 range" if datatype == signature.FP32 else "infinite values"
+        raise InputError(f"input holds {what} (first at row {row}, column {name}; "
                          f"rows {_bad_rows(~bad)}); sklearn refuses infinity too: send finite numbers, "
                          "or NaN for a missing value")
 

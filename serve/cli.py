@@ -36,11 +36,11 @@ def configure_logging(verbose: int) -> None:
 def serve(
     repository: Annotated[Path, typer.Option(help="Canonical model repository (onnxruntime backend configs).")] = Path("model_repository"),
     host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes the server to the network.")] = "127.0.0.1",
-    http_port: Annotated[int, typer.Option(help="HTTP/REST port.")] = 8000,
-    grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
-    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
-    ready_timeout_s: Annotated[float, typer.Option(help="Seconds to wait for every model to be ready.")] = 120.0,
-    log_verbose: Annotated[int, typer.Option(help="tritonserver --log-verbose level.")] = 0,
+    http_port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP/REST port.")] = 8000,
+    grpc_port: Annotated[int, typer.Option(min=1, max=65535, help="gRPC port.")] = 8001,
+    metrics_port: Annotated[int, typer.Option(min=1, max=65535, help="Prometheus metrics port.")] = 8002,
+    ready_timeout_s: Annotated[float, typer.Option(min=0, help="Seconds to wait for every model to be ready.")] = 120.0,
+    log_verbose: Annotated[int, typer.Option(min=0, help="tritonserver --log-verbose level.")] = 0,
     control_key: Annotated[Optional[str], typer.Option(
         envvar=CONTROL_KEY_ENV, show_envvar=True,
         help=f"Require this value in the '{CONTROL_KEY_HEADER}' header for the model-repository API "

@@ -12,7 +12,9 @@ why in the log and in `sync_error`.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -25,6 +27,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
@@ -63,7 +66,11 @@ class Endpoints:
 
     @property
     def _client_host(self) -> str:
-        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        if self.host in ("0.0.0.0", ""):
+            return "127.0.0.1"
+        if self.host == "::":
+            return "[::1]"
+        return f"[{self.host}]" if ":" in self.host else self.host
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -82,30 +89,43 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             sock.close()
 
 
+def bind_address(host: str, port: int) -> tuple[int, tuple]:
+    """(address family, socket address) of `host`, an IPv4 or IPv6 address or a name; ServerStartError
+    when it cannot be resolved."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                      flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ServerStartError(f"cannot bind to host {host!r}: {exc}") from None
+    return family, address
+
+
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """Whether another process holds `port` on `host`; a host this machine cannot bind is an error."""
+    family, address = bind_address(host, port)
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((host, port))
-        except OSError:
-            return True
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise ServerStartError(f"cannot bind port {port} on {host}: {exc.strerror}") from None
     return False
 
 
 def group_shm_regions(pgid: int) -> set[Path]:
     """The /dev/shm files mapped by processes of group `pgid` (the Python-backend stubs' regions)."""
     regions = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for process in psutil.process_iter():
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
-            if int(fields[2]) != pgid:
+            if os.getpgid(process.pid) != pgid:
                 continue
-            for line in (stat.parent / "maps").read_text().splitlines():
-                parts = line.split(maxsplit=5)
-                if len(parts) == 6 and parts[5].startswith("/dev/shm/"):
-                    regions.add(Path(parts[5].removesuffix(" (deleted)")))
-        except (OSError, IndexError, ValueError):
-            continue  # the process ended while we looked
+            for mapping in process.memory_maps(grouped=True):
+                if mapping.path.startswith("/dev/shm/"):
+                    regions.add(Path(mapping.path.removesuffix(" (deleted)")))
+        except (psutil.Error, OSError):
+            continue  # the process ended while we looked, or is not ours to read
     return regions
 
 
