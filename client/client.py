@@ -239,6 +239,9 @@ class RandomForestClient:
         except InferenceServerException as exc:
             status, message = str(exc.status()), exc.message() or ""
             refused_for_now = any(marker in message for marker in BUSY_MESSAGES)
+            if status == "StatusCode.DEADLINE_EXCEEDED":  # no answer in time, as an HTTP read timeout
+                raise ServerUnavailableError(f"{method} for model {self.model!r} at {self.url}: no answer within "
+                                             f"{self.timeout_s:g} s") from None
             if status in RETRYABLE_STATUSES and self.protocol == "grpc" and not refused_for_now:
                 # gRPC says UNAVAILABLE for a server it cannot reach, too
                 raise ServerUnavailableError(f"{method} for model {self.model!r} at {self.url}: {message}") from None

@@ -19,19 +19,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier, RandomForestRegressor
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder
 from typer.testing import CliRunner
 
 from rf_triton.cli import app
-from rf_triton.client import RandomForestClient
-from rf_triton.client.batch import (BatchError, BatchOptions, RowError, batch_retry_policy, file_format,
-                                    numeric_column, score_file)
-from rf_triton.export.pipeline import export_model
+from rf_triton.client import InferenceError, InputError, RandomForestClient, RetryPolicy, ServerBusyError
+from rf_triton.client.batch import (BatchError, BatchOptions, ChunkReader, RowError, file_format, numeric_column,
+                                    refuses_the_rows, score_file)
 
-pytestmark = pytest.mark.integration
 runner = CliRunner()
 RNG = np.random.default_rng(11)
 FEATURES = [f"x{i}" for i in range(5)]
@@ -85,10 +79,29 @@ def test_bad_values_are_named_by_file_row_and_column():
     }
 
 
-def test_retry_policy_outlasts_a_restart():
-    policy = batch_retry_policy(30.0)
-    assert sum(policy.delay(i) for i in range(1, policy.attempts)) >= 30.0
-    assert policy.max_backoff_s == 2.0
+def test_an_fp64_column_takes_values_beyond_the_fp32_range():
+    errors: dict[int, RowError] = {}
+    values = numeric_column(pa.array(["1e39", "5.1", "inf"]), "x3", 0, errors, "FP64")
+    assert values[0] == 1e39 and values[1] == 5.1
+    assert {i: str(e) for i, e in errors.items()} == {2: "row 3, column 'x3': infinite value"}
+
+
+@pytest.mark.parametrize("header", ["x0,x1,x0\n1,2,3\n", "x0,x0\n"])
+def test_a_csv_with_repeated_column_names_is_refused(tmp_path, header):
+    path = tmp_path / "rows.csv"
+    path.write_text(header)
+    with pytest.raises(BatchError, match="several columns named 'x0'"):
+        ChunkReader(path, 100)
+
+
+def test_only_refusals_of_the_rows_mark_rows_as_bad():
+    """A busy or failing server says nothing about the rows: such a failure stops the run."""
+    assert refuses_the_rows(InputError("bad value"))
+    assert refuses_the_rows(InferenceError("refused", "400"))
+    assert refuses_the_rows(InferenceError("refused", "StatusCode.INVALID_ARGUMENT"))
+    assert not refuses_the_rows(ServerBusyError("queue full", "503"))
+    assert not refuses_the_rows(InferenceError("ONNX Runtime failed", "500"))
+    assert not refuses_the_rows(InferenceError("ONNX Runtime failed", "StatusCode.INTERNAL"))
 
 
 # -- the demo regressor on the session server ------------------------------------------------------
@@ -96,6 +109,7 @@ def test_retry_policy_outlasts_a_restart():
 
 @pytest.mark.parametrize("source,target", [("csv", "csv"), ("parquet", "parquet"), ("csv", "parquet"),
                                            ("parquet", "csv")])
+@pytest.mark.integration
 def test_file_to_file_keeps_columns_and_order(triton, tmp_path, source, target):
     frame = rows(3000)
     expected = reference(triton.endpoints.http, frame).values[:, 0]
@@ -111,6 +125,7 @@ def test_file_to_file_keeps_columns_and_order(triton, tmp_path, source, target):
     assert "scored 3,000 rows" in result.stderr and leftovers(tmp_path) == []
 
 
+@pytest.mark.integration
 def test_grpc_small_requests_many_in_flight(triton, tmp_path):
     frame = rows(2500)
     expected = reference(triton.endpoints.http, frame).values[:, 0]
@@ -121,6 +136,7 @@ def test_grpc_small_requests_many_in_flight(triton, tmp_path):
     np.testing.assert_allclose(read(tmp_path / "out.parquet")["prediction"].to_numpy(), expected, rtol=1e-6)
 
 
+@pytest.mark.integration
 def test_default_concurrency_is_one_per_instance(triton, tmp_path):
     with RandomForestClient(triton.endpoints.http) as client:
         config = client._call("get_model_config", client.model, "")
@@ -130,6 +146,7 @@ def test_default_concurrency_is_one_per_instance(triton, tmp_path):
     assert summary.concurrency == instances
 
 
+@pytest.mark.integration
 def test_without_output_prints_one_value_per_row(triton, tmp_path):
     frame = rows(40)
     expected = reference(triton.endpoints.http, frame).values[:, 0]
@@ -147,6 +164,7 @@ def with_bad_rows(n: int) -> pd.DataFrame:
     return frame
 
 
+@pytest.mark.integration
 def test_bad_row_stops_with_one_line_and_no_output(triton, tmp_path):
     out = tmp_path / "scored.csv"
     result = predict("--url", triton.endpoints.http, "--input", str(write(with_bad_rows(3000), tmp_path / "rows.csv")),
@@ -157,6 +175,7 @@ def test_bad_row_stops_with_one_line_and_no_output(triton, tmp_path):
     assert not out.exists() and leftovers(tmp_path) == []
 
 
+@pytest.mark.integration
 def test_bad_rows_skipped_get_an_error_column(triton, tmp_path):
     frame = with_bad_rows(3000)
     out = tmp_path / "scored.parquet"
@@ -179,12 +198,11 @@ def test_bad_rows_skipped_get_an_error_column(triton, tmp_path):
     (["--output", "o.csv"], "error: give exactly one of --input FILE or --values V1,V2,..."),
     (["--input", "rows.csv", "--output", "o.txt"], "error: o.txt: unknown file type '.txt'; use .csv or .parquet"),
     (["--input", "missing.csv", "--output", "o.csv"], "error: input file not found: missing.csv"),
-    (["--input", "rows.csv", "--output", "o.csv", "--on-error", "maybe"],
-     "error: --on-error must be one of stop, skip, not 'maybe'"),
     (["--input", "rows.csv", "--output", "o.csv", "--proba"], "error: --proba needs a classifier; this model is a regressor"),
     (["--input", "short.csv", "--output", "o.csv"], "error: input lacks column(s) x4; the model takes x0, x1, x2, x3, x4"),
     (["--values", "1,2,x"], "error: --values is not a comma-separated list of numbers: could not convert string to float: 'x'"),
 ])
+@pytest.mark.integration
 def test_mistakes_give_one_error_line(triton, tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     write(rows(20), tmp_path / "rows.csv")
@@ -195,6 +213,7 @@ def test_mistakes_give_one_error_line(triton, tmp_path, monkeypatch, args, messa
     assert not (tmp_path / "o.csv").exists()
 
 
+@pytest.mark.integration
 def test_server_restart_in_the_middle_loses_and_repeats_no_row(server_factory, demo_repository, tmp_path):
     server = server_factory(demo_repository, watch_interval_s=None)
     frame = rows(6000)
@@ -206,7 +225,7 @@ def test_server_restart_in_the_middle_loses_and_repeats_no_row(server_factory, d
             os.killpg(server.process.pid, signal.SIGKILL)
             restart.start()
 
-    factory = lambda: RandomForestClient(server.endpoints.http, retry=batch_retry_policy(120))  # noqa: E731
+    factory = lambda: RandomForestClient(server.endpoints.http, retry=RetryPolicy.for_restarts(120))  # noqa: E731
     summary = score_file(factory, write(frame, tmp_path / "rows.csv"), tmp_path / "out.csv",
                          BatchOptions(chunk_rows=500, concurrency=2), progress=crash_once)
     restart.join()
@@ -216,6 +235,7 @@ def test_server_restart_in_the_middle_loses_and_repeats_no_row(server_factory, d
     np.testing.assert_allclose(scored["prediction"].to_numpy(), expected, rtol=1e-6)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_interrupted_run_leaves_no_partial_output(triton, tmp_path, sig):
     rows_file = write(rows(60000), tmp_path / "rows.csv")
@@ -247,43 +267,10 @@ def test_interrupted_run_leaves_no_partial_output(triton, tmp_path, sig):
 # -- classifiers, multi-output and string columns --------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def kinds(tmp_path_factory):
-    """A binary classifier (int labels), a multiclass one (string labels), a 2-output regressor and a
-    pipeline with a string column, served by one server."""
-    from rf_triton.export import sources
-    from rf_triton.serve.server import EmbeddedTriton
-
-    X = RNG.normal(size=(600, 5)).astype(np.float32)
-    frame = pd.DataFrame({"city": RNG.choice(["paris", "lyon", "nice"], 600).astype(object), "size": RNG.normal(50, 20, 600)})
-    models = {
-        "binary": RandomForestClassifier(10, max_depth=5, random_state=0).fit(X, (X[:, 0] > 0).astype(int)),
-        "multiclass": ExtraTreesClassifier(10, max_depth=5, random_state=0).fit(
-            X, np.where(X[:, 1] > 0.5, "high", np.where(X[:, 1] < -0.5, "low", "mid"))),
-        "two_outputs": RandomForestRegressor(10, max_depth=5, random_state=0).fit(X, np.c_[X[:, 0], X[:, 1] * 3]),
-        "cities": Pipeline([("columns", ColumnTransformer([("city", OneHotEncoder(handle_unknown="ignore"), ["city"])],
-                                                          remainder="passthrough")),
-                            ("forest", RandomForestRegressor(10, max_depth=5, random_state=0))]).fit(
-            frame, (frame["city"] == "paris") * 30 + frame["size"]),
-    }
-    folder = tmp_path_factory.mktemp("batch_kinds")
-    repository = folder / "model_repository"
-    for name, estimator in models.items():
-        import joblib
-
-        joblib.dump(estimator, folder / f"{name}.joblib")
-        export_model(sources.load_pickled(folder / f"{name}.joblib"), repository, name=name)
-    server = EmbeddedTriton.on_free_ports(repository, watch_interval_s=None)
-    server.start()
-    try:
-        yield server
-        assert server.is_running(), server.log_tail()
-    finally:
-        server.stop()
-
-
-@pytest.mark.parametrize("model,fmt", [("binary", "csv"), ("multiclass", "parquet")])
+@pytest.mark.integration
+@pytest.mark.parametrize("model,fmt", [("binary_nan", "csv"), ("multiclass_str", "parquet")])
 def test_classifier_label_and_probabilities(kinds, tmp_path, model, fmt):
+    kinds, _, _ = kinds
     frame = rows(1500)
     expected = reference(kinds.endpoints.http, frame, model=model)
     out = tmp_path / f"scored.{fmt}"
@@ -298,39 +285,162 @@ def test_classifier_label_and_probabilities(kinds, tmp_path, model, fmt):
     np.testing.assert_allclose(scored[[f"proba_{c}" for c in classes]].to_numpy(), expected.probabilities, rtol=1e-6)
 
 
+@pytest.mark.integration
 def test_classifier_on_stdout_prints_labels_or_probabilities(kinds, tmp_path):
+    kinds, _, _ = kinds
     frame = rows(30)
     rows_file = write(frame, tmp_path / "rows.csv")
-    expected = reference(kinds.endpoints.http, frame, model="multiclass")
-    labels = predict("--url", kinds.endpoints.http, "--model", "multiclass", "--input", str(rows_file))
-    proba = predict("--url", kinds.endpoints.http, "--model", "multiclass", "--input", str(rows_file), "--proba")
-    one_row = predict("--url", kinds.endpoints.http, "--model", "multiclass", "--values", "0,2,0,0,0", "--proba")
+    expected = reference(kinds.endpoints.http, frame, model="multiclass_str")
+    labels = predict("--url", kinds.endpoints.http, "--model", "multiclass_str", "--input", str(rows_file))
+    proba = predict("--url", kinds.endpoints.http, "--model", "multiclass_str", "--input", str(rows_file), "--proba")
+    one_row = predict("--url", kinds.endpoints.http, "--model", "multiclass_str", "--values", "0,2,0,0,0", "--proba")
     assert labels.stdout.splitlines() == expected.labels.tolist()
     assert proba.stdout.splitlines() == [",".join(f"{p:.6g}" for p in row) for row in expected.probabilities]
     assert len(one_row.stdout.split(",")) == 3 and one_row.exit_code == 0
 
 
+@pytest.mark.integration
 def test_multi_output_regressor_gets_one_column_per_output(kinds, tmp_path):
+    kinds, _, _ = kinds
     frame = rows(1200)
-    expected = reference(kinds.endpoints.grpc, frame, model="two_outputs", protocol="grpc").values
+    expected = reference(kinds.endpoints.grpc, frame, model="two_outputs_nan", protocol="grpc").values
     out = tmp_path / "scored.csv"
-    result = predict("--url", kinds.endpoints.grpc, "--protocol", "grpc", "--model", "two_outputs",
+    result = predict("--url", kinds.endpoints.grpc, "--protocol", "grpc", "--model", "two_outputs_nan",
                      "--input", str(write(frame, tmp_path / "rows.parquet")), "--output", str(out))
     assert result.exit_code == 0, result.output
     scored = read(out)
     np.testing.assert_allclose(scored[["prediction_0", "prediction_1"]].to_numpy(), expected, rtol=1e-6)
 
 
+@pytest.mark.integration
 def test_string_columns_by_name(kinds, tmp_path):
-    frame = pd.DataFrame({"size": RNG.normal(50, 20, 900), "note": "x",
+    kinds, _, _ = kinds
+    frame = pd.DataFrame({"size": RNG.normal(50, 20, 900), "note": "x", "age": RNG.integers(18, 90, 900),
                           "city": RNG.choice(["paris", "lyon", "brest"], 900).astype(object)})
     frame.loc[7, "city"] = None
-    expected = reference(kinds.endpoints.http, frame.drop(index=7), model="cities").values[:, 0]
+    expected = reference(kinds.endpoints.http, frame.drop(index=7), model="frame_pipeline").values[:, 0]
     out = tmp_path / "scored.csv"
-    result = predict("--url", kinds.endpoints.http, "--model", "cities", "--input", str(write(frame, tmp_path / "rows.csv")),
-                     "--output", str(out), "--on-error", "skip")
+    result = predict("--url", kinds.endpoints.http, "--model", "frame_pipeline", "--input",
+                     str(write(frame, tmp_path / "rows.csv")), "--output", str(out), "--on-error", "skip")
     assert result.exit_code == 0, result.output
     scored = read(out)
-    assert list(scored.columns) == ["size", "note", "city", "prediction", "error"]
+    assert list(scored.columns) == ["size", "note", "age", "city", "prediction", "error"]
     assert scored.loc[7, "error"] == "row 8, column 'city': empty; the model takes a string"
     np.testing.assert_allclose(scored.drop(index=7)["prediction"].to_numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.integration
+def test_a_chunk_whose_rows_all_failed_keeps_the_columns_types(kinds, tmp_path):
+    """Parquet has one schema: the label column of a chunk without a single answer is still int64."""
+    kinds, _, _ = kinds
+    frame = rows(300)
+    frame["x2"] = frame["x2"].astype(object)
+    frame.loc[100:199, "x2"] = "abc"
+    out = tmp_path / "scored.parquet"
+    result = predict("--url", kinds.endpoints.http, "--model", "binary_nan", "--input",
+                     str(write(frame, tmp_path / "rows.csv")), "--output", str(out), "--on-error", "skip",
+                     "--chunk-rows", "100", "--proba")
+    assert result.exit_code == 0, result.output
+    scored = pq_read(out)
+    assert scored.schema.field("label").type == pa.int64() and scored.schema.field("proba_1").type == pa.float32()
+    labels = scored.column("label").to_pylist()
+    assert labels[100:200] == [None] * 100 and None not in labels[:100] + labels[200:]
+    expected = reference(kinds.endpoints.http, frame.drop(index=range(100, 200)).astype({"x2": float}),
+                         model="binary_nan")
+    assert labels[:100] + labels[200:] == expected.labels.tolist()
+
+
+def pq_read(path: Path):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("source,target", [("csv", "parquet"), ("parquet", "csv"), ("csv", "csv")])
+def test_an_input_without_rows_gives_a_readable_output_with_the_columns(triton, tmp_path, source, target):
+    empty = rows(0)
+    path = tmp_path / f"rows.{source}"
+    if source == "csv":
+        path.write_text(",".join(empty.columns) + "\n")
+    else:
+        write(empty, path)
+    out = tmp_path / f"scored.{target}"
+    result = predict("--url", triton.endpoints.http, "--input", str(path), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    scored = read(out)
+    assert list(scored.columns) == ["id", *FEATURES, "prediction"] and len(scored) == 0
+
+
+@pytest.mark.integration
+def test_fp64_inputs_are_scored_as_doubles(kinds, tmp_path):
+    """A value beyond the FP32 range is a number an FP64 input takes; the FP32 model refuses that row."""
+    kinds, models, _ = kinds
+    frame = rows(200).astype({"x3": np.float64})
+    frame.loc[5, "x3"] = 1e39
+    scored = {}
+    for model in ("forest_fp64", "extra_trees"):
+        out = tmp_path / f"{model}.csv"
+        result = predict("--url", kinds.endpoints.http, "--model", model, "--input",
+                         str(write(frame, tmp_path / "rows.csv")), "--output", str(out), "--on-error", "skip")
+        assert result.exit_code == 0, result.output
+        scored[model] = read(out)
+    assert scored["forest_fp64"]["error"].isna().all()
+    assert scored["extra_trees"]["error"].dropna().tolist() == ["row 6, column 'x3': 1e+39 is beyond the FP32 range"]
+    finite = frame.drop(index=5)
+    np.testing.assert_allclose(scored["forest_fp64"].drop(index=5)["prediction"].to_numpy(),
+                               models["forest_fp64"].predict(finite[FEATURES].to_numpy()), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_the_retry_budget_counts_the_time_spent_in_requests(server_factory, demo_repository, protocol):
+    """Against a server that accepts and never answers (stopped with SIGSTOP), each attempt lasts its
+    whole timeout: a 1 s budget with 1 s requests leaves room for no second retry, whatever the
+    sleeps between them add up to."""
+    from rf_triton.client import ServerUnavailableError
+
+    server = server_factory(demo_repository, watch_interval_s=None)
+    url = server.endpoints.http if protocol == "http" else server.endpoints.grpc
+    client = RandomForestClient(url, protocol=protocol, timeout_s=1.0, retry=RetryPolicy.for_restarts(1.0)).connect()
+    try:
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises((ServerUnavailableError, ServerBusyError)):
+                client.predict(rows(3)[FEATURES])
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        assert client.retries <= 1
+    finally:
+        client.close()
+    assert server.is_running()
+
+
+@pytest.mark.integration
+def test_a_second_interrupt_during_cleanup_leaves_no_partial_output(triton, tmp_path):
+    rows_file = write(rows(60000), tmp_path / "rows.csv")
+    out = tmp_path / "scored.csv"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rf_triton", "predict", "--url", triton.endpoints.http, "--input", str(rows_file),
+         "--output", str(out), "--chunk-rows", "100", "--concurrency", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not leftovers(tmp_path) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert leftovers(tmp_path), "no temporary output appeared"
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGINT):
+            os.kill(proc.pid, sig)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, stderr.decode()
+    assert stderr.decode().splitlines()[-1] == "error: interrupted; nothing was written under the output name"
+    assert leftovers(tmp_path) == [] and not out.exists()
+
+
+def test_a_choice_outside_the_list_is_refused_before_anything_runs(tmp_path):
+    result = predict("--input", str(tmp_path / "rows.csv"), "--on-error", "maybe")
+    assert result.exit_code == 2 and "Invalid value for '--on-error'" in result.output
