@@ -27,6 +27,7 @@ import numpy as np
 import typer
 
 logger = logging.getLogger(__name__)
+DEMO_MODEL = "random_forest"
 FEATURES = [f"x{i}" for i in range(5)]
 GENERATE_ROWS = 1_000_000  # rows generated (and held) at a time
 
@@ -97,10 +98,10 @@ def count_rows(path: Path) -> int:
     return lines - 1  # the header
 
 
-def run(rows: int, in_memory_rows: int, out: Path, formats: list[str]) -> dict:
+def run(rows: int, in_memory_rows: int, out: Path, formats: list[str],
+        repository: Path = Path("model_repository")) -> dict:
     from ..serve.server import EmbeddedTriton
 
-    repository = Path(__file__).resolve().parents[1] / "model_repository"
     work = Path(tempfile.mkdtemp(prefix="rf-triton-batch-bench-"))
     report: dict = {"rows": rows, "in_memory_rows": min(rows, in_memory_rows), "runs": [],
                     "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -166,13 +167,19 @@ def main(
     in_memory_rows: Annotated[int, typer.Option(help="Rows for the in-memory figure (held in memory at once).")] = 2_000_000,
     out: Annotated[Path, typer.Option(help="Folder for batch.json and batch.md.")] = Path("benchmarks/results"),
     format: Annotated[list[str], typer.Option(help="Formats to score (repeat): parquet, csv.")] = ["parquet", "csv"],
+    repository: Annotated[Path, typer.Option(
+        help="Model repository holding the demo model (the checkout's model_repository/ when run from its root).")]
+        = Path("model_repository"),
 ) -> None:
     """Batch scoring vs in-memory predict, same server, same run; writes batch.json and batch.md."""
     from ..errors import fail
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not (repository / DEMO_MODEL).is_dir():
+        raise fail(f"model {DEMO_MODEL!r} not found in {repository}: give the repository with --repository "
+                   "(rf-triton export writes one into ./model_repository)")
     try:
-        report = run(rows, in_memory_rows, out, format)
+        report = run(rows, in_memory_rows, out, format, repository)
     except (RuntimeError, OSError) as exc:
         raise fail(str(exc)) from None
     typer.echo(markdown(report))

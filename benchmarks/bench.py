@@ -24,6 +24,7 @@ from ..export.triton_config import ServingOptions
 from ..repository import CONFIG_FILENAME, instance_count, model_filename, read_config, versions
 from ..prometheus import ServerBreakdown, try_scrape
 from ..serve.server import EmbeddedTriton
+from ..signature import numpy_dtype
 from . import configs, inprocess, loadgen
 
 TARGET_C64_RPS = 10_000
@@ -130,8 +131,9 @@ def run_bench(options: BenchOptions, log=print) -> BenchReport:
     canonical = read_config(model_dir / CONFIG_FILENAME)
     latest = max(versions(model_dir))
     onnx_path = model_dir / str(latest) / model_filename(canonical)
-    n_features = int(canonical.input[0].dims[0])
-    input_name, output_name = canonical.input[0].name, canonical.output[0].name
+    features = configs.matrix_input(canonical)
+    n_features, dtype = int(features.dims[-1]), numpy_dtype(features.datatype)
+    input_name, output_name = features.name, canonical.output[0].name
     intra = int(canonical.parameters["intra_op_thread_count"].string_value or 1) if "intra_op_thread_count" in canonical.parameters else 1
     intra = intra or inprocess.all_threads()  # 0: ORT takes every core
     rng = np.random.default_rng(0)
@@ -142,7 +144,8 @@ def run_bench(options: BenchOptions, log=print) -> BenchReport:
     limits: dict[tuple[int, int], float] = {}
     for threads in thread_counts:
         for batch in sorted((set(options.inprocess_batches) | {options.large_rows}) - {0}):
-            result = inprocess.bench_ort(onnx_path, input_name, threads, batch, options.inprocess_s, rng, n_features)
+            result = inprocess.bench_ort(onnx_path, input_name, threads, batch, options.inprocess_s, rng, n_features,
+                                         dtype)
             limits[(threads, batch)] = result.rows_per_s
             rows.append(BenchRow(f"ORT in-process, {threads} thread{'s' if threads > 1 else ''}", "in-process",
                                  "in-process", 1, batch, result.throughput, result.p50_ms, result.p99_ms,
@@ -168,9 +171,9 @@ def run_bench(options: BenchOptions, log=print) -> BenchReport:
             server.start()
             try:
                 target = loadgen.Target(server.endpoints.http, server.endpoints.grpc, options.model,
-                                        input_name, output_name)
+                                        input_name, output_name, features.datatype)
                 for protocol, n_rows, concurrency in scenario.points(options):
-                    payload = rng.standard_normal((n_rows, n_features), dtype=np.float32)
+                    payload = rng.standard_normal((n_rows, n_features)).astype(dtype)
                     row = measure_point(server, target, protocol, payload, concurrency, options)
                     row.configuration, row.batching = scenario.name, scenario.batching
                     threads = min(concurrency, instances) * intra

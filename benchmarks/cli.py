@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,14 +10,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import fail
+from ..errors import fail, first_line
 from ..export.errors import ExportError
+from ..repository import CONFIG_FILENAME, read_config
 from ..serve.runtime_repository import RepositoryError
 from ..serve.server import ServerStartError
 from ..serve.triton_binary import TritonNotAvailable
 from . import bench as bench_module
-from . import cache_bench
-from . import loadgen
+from . import cache_bench, configs, loadgen
 from . import tune as tune_module
 
 app = typer.Typer()
@@ -26,13 +27,29 @@ FAILURES = (ExportError, RepositoryError, ServerStartError, TritonNotAvailable, 
 
 def check_inputs(repository: Path, model: str, positive: dict[str, float], non_negative: dict[str, float]) -> None:
     """Refuse what would fail mid-run, before any server starts: one error line each."""
-    if not (repository / model).is_dir():
+    model_dir = repository / model
+    if not model_dir.is_dir():
         raise fail(f"model {model!r} not found in {repository} (give the repository with --repository, "
                    "the model with --model)")
+    if not bench_module.versions(model_dir):
+        raise fail(f"model {model!r} in {repository} has no version folder (1/, 2/, ...): export one first")
+    try:
+        configs.matrix_input(read_config(model_dir / CONFIG_FILENAME))
+    except (ExportError, OSError, ValueError) as exc:
+        raise fail(first_line(exc)) from None
     for options, smallest, wanted in ((positive, 0, "positive"), (non_negative, -1, "0 or more")):
         for option, value in options.items():
             if value <= smallest:
                 raise fail(f"--{option.replace('_', '-')} must be {wanted}, not {value:g}")
+
+
+def check_output_folder(out: Path) -> None:
+    """--out must be a folder that exists or can be made: known before the run, not after it."""
+    if out.exists() and not out.is_dir():
+        raise fail(f"--out {out} is a file; give a folder (bench.md, bench.png and bench.json go in it)")
+    existing = next(p for p in (out, *out.parents) if p.exists())  # '.' or '/' at worst
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise fail(f"--out {out}: {existing} is not a folder this user can write in")
 
 
 @app.command("bench")
@@ -62,6 +79,7 @@ def bench(
                                               "large_concurrency": min(large_concurrency or [1]),
                                               "duration_s": duration_s, "inprocess_s": inprocess_s},
                  non_negative={"large_rows": large_rows, "warmup_s": warmup_s})
+    check_output_folder(out)
     options = bench_module.BenchOptions(
         repository=repository, model=model, out=out, concurrencies=tuple(concurrency or (1, 4, 16, 64)),
         large_rows=large_rows, large_concurrencies=tuple(large_concurrency or (1, 2)), duration_s=duration_s,

@@ -51,3 +51,14 @@ def describe(config: mc.ModelConfig) -> str:
     delay = batching.max_queue_delay_microseconds
     wait = f"≤{delay} µs" if delay else "no delay"
     return f"{instances} inst, batching {wait}{preferred}"
+
+
+def matrix_input(config: mc.ModelConfig):
+    """The one feature-matrix input the load generators send (its Tensor: name, datatype, dims), read
+    from the model's signature; ValueError in one line for a model that takes one input per column."""
+    graph = graph_of(config)
+    if graph.columnar:
+        raise ValueError(f"model {config.name!r} takes one input per column "
+                         f"({', '.join(t.name for t in graph.inputs)}); the benchmarks send one feature matrix: "
+                         "load-test it with `rf-triton loadtest`, or score a file with `rf-triton predict --input`")
+    return graph.inputs[0]

@@ -203,18 +203,25 @@ def ceiling_repository(demo_repository: Path, target: Path) -> None:
 def measure_ceiling(demo_repository: Path, work: Path, concurrency: int, duration_s: float, rounds: int,
                     log) -> dict:
     """Demo forest and no-work model alternated under the same 1-row load on one server."""
+    from ..repository import CONFIG_FILENAME, read_config
     from ..serve.server import EmbeddedTriton
-    from . import loadgen
+    from ..signature import numpy_dtype
+    from . import configs, loadgen
 
     repository = work / "ceiling_repository"
     ceiling_repository(demo_repository, repository)
     config = served_config(repository, DEMO_MODEL)
+    canonical = read_config(repository / DEMO_MODEL / CONFIG_FILENAME)
+    features = configs.matrix_input(canonical)  # the payload the demo model's signature asks for
+    output_name = canonical.output[0].name
     runs = []
     with EmbeddedTriton.on_free_ports(repository, watch_interval_s=None) as server:
-        payload = np.random.default_rng(0).standard_normal((1, 5), dtype=np.float32)
+        payload = np.random.default_rng(0).standard_normal((1, int(features.dims[-1]))).astype(
+            numpy_dtype(features.datatype))
         for round_number in range(1, rounds + 1):
             for model in (DEMO_MODEL, NO_WORK_MODEL):
-                target = loadgen.Target(server.endpoints.http, server.endpoints.grpc, model, "X", "variable")
+                target = loadgen.Target(server.endpoints.http, server.endpoints.grpc, model, features.name,
+                                        output_name, features.datatype)
                 load = loadgen.run_load("http", target, payload, concurrency, duration_s, warmup_s=1.0)
                 runs.append({"model": model, "round": round_number, "generator": load.generator,
                              "requests_per_s": load.throughput, "p50_ms": load.p50_ms, "p99_ms": load.p99_ms,
@@ -242,13 +249,12 @@ def non_default_parameters(forest) -> dict[str, str]:
 
 
 def run(model_path: Optional[Path], rows: int, duration_s: float, ceiling_duration_s: float, concurrency: int,
-        rounds: int, out: Path) -> dict:
+        rounds: int, out: Path, demo_repository: Path = Path("model_repository")) -> dict:
     import joblib
 
     from .bench import machine_description
 
     started = time.perf_counter()
-    repository_root = Path(__file__).resolve().parents[1]
     work = Path(tempfile.mkdtemp(prefix="rf-triton-fullsize-"))
     report: dict = {"machine": machine_description(), "load_before": os.getloadavg(), "rows_per_call": rows,
                     "duration_s": duration_s, "dataset": DATASET}
@@ -281,7 +287,7 @@ def run(model_path: Optional[Path], rows: int, duration_s: float, ceiling_durati
                                         duration_s, rounds, log)
         del forest
         gc.collect()
-        report["ceiling"] = measure_ceiling(repository_root / "model_repository", work, concurrency,
+        report["ceiling"] = measure_ceiling(demo_repository, work, concurrency,
                                             ceiling_duration_s, rounds, log)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -380,6 +386,9 @@ def main(
     rounds: Annotated[int, typer.Option(
         help="Rounds through every 2000-row configuration, and alternated ceiling runs (demo forest, no-work model).")] = 2,
     out: Annotated[Path, typer.Option(help="Folder for fullsize.json and fullsize.md.")] = Path("benchmarks/results"),
+    repository: Annotated[Path, typer.Option(
+        help="Model repository holding the demo model for the ceiling runs (the checkout's model_repository/ "
+             "when run from its root).")] = Path("model_repository"),
 ) -> None:
     """The full-size forest: export, in-process ORT and sklearn, served; and the server's ceiling."""
     from ..errors import fail
@@ -389,6 +398,8 @@ def main(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if model is not None and not model.is_file():
         raise fail(f"--model {model}: no such file")
+    if not (repository / DEMO_MODEL).is_dir():
+        raise fail(f"model {DEMO_MODEL!r} not found in {repository}: give the repository with --repository")
     for name, value in (("rows", rows), ("duration-s", duration_s), ("ceiling-duration-s", ceiling_duration_s),
                         ("concurrency", concurrency), ("rounds", rounds)):
         if value <= 0:
@@ -396,7 +407,7 @@ def main(
     if loadgen.wrk_path() is None:
         logger.warning("wrk not installed: the ceiling load comes from tritonclient.http.aio (slower)")
     try:
-        report = run(model, rows, duration_s, ceiling_duration_s, concurrency, rounds, out)
+        report = run(model, rows, duration_s, ceiling_duration_s, concurrency, rounds, out, repository)
     except (RuntimeError, OSError, ServerStartError) as exc:
         raise fail(str(exc)) from None
     typer.echo(markdown(report))

@@ -66,9 +66,9 @@ def timed_calls(call, duration_s: float, min_calls: int = 3) -> tuple[int, float
 
 
 def bench_ort(model_path: Path, input_name: str, threads: int, batch: int, duration_s: float,
-              rng: np.random.Generator, n_features: int) -> InProcessResult:
+              rng: np.random.Generator, n_features: int, dtype=np.float32) -> InProcessResult:
     session = ort_session(model_path, threads)
-    rows = rng.standard_normal((batch, n_features), dtype=np.float32)
+    rows = rng.standard_normal((batch, n_features)).astype(dtype)
     calls, elapsed, p50, p99 = timed_calls(lambda: session.run(None, {input_name: rows}), duration_s)
     return InProcessResult("onnxruntime", threads or all_threads(), batch, calls, elapsed, p50, p99)
 

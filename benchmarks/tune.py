@@ -26,6 +26,7 @@ from ..prometheus import ServerBreakdown, try_scrape
 from ..errors import first_line
 from ..repository import CONFIG_FILENAME
 from ..serve.server import EmbeddedTriton
+from ..signature import numpy_dtype
 from . import configs, loadgen
 
 
@@ -116,10 +117,11 @@ def measure_candidate(options: TuneOptions, candidate: Candidate) -> TuneResult:
         server = EmbeddedTriton.on_free_ports(repository)
         try:
             server.start(ready_timeout_s=60)
+            features = configs.matrix_input(config)
             target = loadgen.Target(server.endpoints.http, server.endpoints.grpc, options.model,
-                                    config.input[0].name, config.output[0].name)
+                                    features.name, config.output[0].name, features.datatype)
             payload = np.random.default_rng(0).standard_normal(
-                (options.rows_per_request, int(config.input[0].dims[0])), dtype=np.float32)
+                (options.rows_per_request, int(features.dims[-1]))).astype(numpy_dtype(features.datatype))
             if options.warmup_s > 0:
                 loadgen.run_load(options.protocol, target, payload, options.concurrency, options.warmup_s, warmup_s=0)
             before, _ = try_scrape(server.endpoints.metrics, options.model)

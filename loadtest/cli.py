@@ -14,6 +14,7 @@ from rich.console import Console
 
 from ..client.client import split_url
 from ..errors import fail
+from ..outputs import check_writable
 from ..serve.runtime_repository import RepositoryError
 from ..serve.server import EmbeddedTriton, ServerStartError
 from ..serve.triton_binary import TritonNotAvailable
@@ -79,11 +80,11 @@ def loadtest(
     metrics_url: Annotated[Optional[str], typer.Option(
         help="Triton Prometheus endpoint for the server-side breakdown (default when --url is on port 8000: "
              "its host, port 8002; else required).")] = None,
-    users: Annotated[int, typer.Option(help="Concurrent Locust users; each keeps one request in flight.")] = 8,
+    users: Annotated[int, typer.Option(min=1, help="Concurrent Locust users; each keeps one request in flight.")] = 8,
     spawn_rate: Annotated[float, typer.Option(help="Users started per second.")] = 8.0,
     run_time: Annotated[str, typer.Option(help="How long to run, in Locust's format: 20s, 2m, 1m30s.")] = "20s",
     protocol: Annotated[str, typer.Option(help=f"Users to run: {'|'.join(USER_CLASSES)} (both splits users evenly).")] = "both",
-    rows_per_request: Annotated[int, typer.Option(help="Rows in each request.")] = 1,
+    rows_per_request: Annotated[int, typer.Option(min=1, help="Rows in each request.")] = 1,
     model: Annotated[str, typer.Option(help="Triton model name.")] = "random_forest",
     payload_csv: Annotated[Optional[Path], typer.Option(help="CSV to draw request rows from; random rows when absent.")] = None,
     ab: Annotated[Optional[str], typer.Option(
@@ -105,6 +106,9 @@ def loadtest(
         options = LoadTestOptions(url, grpc_url or "", metrics_url, users, spawn_rate, run_time, protocol, model,
                                   rows_per_request, csv, html, payload_csv, ab)
         validate(options)  # before anything starts
+        for path, option in ((summary_json, "--summary-json"), (html, "--html"), (csv, "--csv")):
+            if path is not None:
+                check_writable(path, option)
         if not serve:
             split_url(url, "http")
             url, grpc_url, metrics_url = addresses(url, grpc_url, metrics_url, protocol)

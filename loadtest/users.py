@@ -1,8 +1,8 @@
 """Abstract Locust users that send inference requests to a forest served by Triton.
 
 `TritonUser` reads the model's description once per user, builds one payload per user (so the
-measured time is the server and the wire, not numpy), and reports every request to Locust's
-statistics. `BaseTritonHttpUser` and `BaseTritonGrpcUser` add the two tritonclient transports;
+measured time is the server and the wire, not numpy), one tensor per input in the datatype the
+model's config declares (FP32, FP64 or BYTES), and reports every request to Locust's statistics. `BaseTritonHttpUser` and `BaseTritonGrpcUser` add the two tritonclient transports;
 a locustfile subclasses them and adds a `@task` that calls `send_inference()`.
 
 Options (Locust custom arguments, registered here so any locustfile importing this module gets
@@ -28,7 +28,7 @@ from locust.exception import StopTest
 from rf_triton.client.ab import normalised, parse_variant, parse_weights
 from rf_triton.client.client import RandomForestClient, split_url
 
-from .payload import random_rows, sample_csv_rows
+from .payload import random_tensors, sample_csv_tensors
 
 # grpc must learn to yield to gevent (Locust has monkey-patched the standard library on import)
 # before any channel exists, or one blocking call freezes every user in the process.
@@ -89,8 +89,9 @@ class TritonUser(User):
         self.variants: list[tuple[str, str, str, float]] = []  # (name, model, version, cumulative share)
         self._random = random.Random()
         self.client = None
-        self.input_name = self.output_name = ""
-        self.payload: np.ndarray | None = None
+        self.output_name = ""
+        self.datatypes: dict[str, str] = {}  # input name → Triton datatype
+        self.payload: dict[str, np.ndarray] = {}
         self._inputs: list = []  # tritonclient tensors built once from the payload, reused by every request
         self._outputs: list = []
 
@@ -127,20 +128,17 @@ class TritonUser(User):
             self.model = self.variants[0][1]  # every variant takes the same input: describe the first
         with RandomForestClient(self.server_url(), protocol=self.protocol, model=self.model,
                                 timeout_s=self.network_timeout_s, init_timeout_s=self.model_ready_timeout_s) as model:
-            n_features, feature_names, max_batch_size = model.n_features, model.feature_names, model.max_batch_size
-            self.input_name, self.output_name = model.input_name, model.output_name
-            if model.signature.columnar:
-                raise SetupError(f"model {self.model!r} takes one input per column ("
-                                 f"{', '.join(t.name for t in model.signature.inputs)}); these users send one FP32 "
-                                 "feature matrix: score a file with `rf-triton predict --input FILE --output FILE`")
+            signature, max_batch_size = model.signature, model.max_batch_size
+            self.output_name = model.output_name
         if self.rows_per_request > max_batch_size:
             raise SetupError(f"--rows-per-request {self.rows_per_request} exceeds model {self.model!r}'s "
                              f"max_batch_size {max_batch_size}; Triton would refuse every request")
         rng = np.random.default_rng()
+        self.datatypes = {t.name: t.datatype for t in signature.inputs}
         if self.payload_csv:
-            self.payload = sample_csv_rows(self.payload_csv, self.rows_per_request, n_features, feature_names, rng)
+            self.payload = sample_csv_tensors(self.payload_csv, self.rows_per_request, signature, rng)
         else:
-            self.payload = random_rows(self.rows_per_request, n_features, rng)
+            self.payload = random_tensors(signature, self.rows_per_request, rng)
         self.client = self.open_client()
 
     def _stop_the_run(self) -> None:
@@ -203,6 +201,16 @@ def _variants(text: str) -> list[tuple[str, str, str, float]]:
     return variants
 
 
+def _tensors(proto, payload: dict[str, np.ndarray], datatypes: dict[str, str], **binary) -> list:
+    """tritonclient's input tensors for the payload, each in its input's datatype."""
+    tensors = []
+    for name, values in payload.items():
+        tensor = proto.InferInput(name, list(values.shape), datatypes[name])
+        tensor.set_data_from_numpy(values, **binary)
+        tensors.append(tensor)
+    return tensors
+
+
 def _elapsed_ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
 
@@ -223,8 +231,7 @@ class BaseTritonHttpUser(TritonUser):
         client = httpclient.InferenceServerClient(address, ssl=ssl, concurrency=1,
                                                   connection_timeout=self.network_timeout_s,
                                                   network_timeout=self.network_timeout_s)
-        self._inputs = [httpclient.InferInput(self.input_name, list(self.payload.shape), "FP32")]
-        self._inputs[0].set_data_from_numpy(self.payload, binary_data=True)
+        self._inputs = _tensors(httpclient, self.payload, self.datatypes, binary_data=True)
         self._outputs = [httpclient.InferRequestedOutput(self.output_name, binary_data=True)]
         return client
 
@@ -245,8 +252,7 @@ class BaseTritonGrpcUser(TritonUser):
     def open_client(self):
         address, ssl = split_url(self.server_url(), "grpc")
         client = grpcclient.InferenceServerClient(address, ssl=ssl)
-        self._inputs = [grpcclient.InferInput(self.input_name, list(self.payload.shape), "FP32")]
-        self._inputs[0].set_data_from_numpy(self.payload)
+        self._inputs = _tensors(grpcclient, self.payload, self.datatypes)
         self._outputs = [grpcclient.InferRequestedOutput(self.output_name)]
         return client
 

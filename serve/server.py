@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psutil
@@ -66,11 +66,7 @@ class Endpoints:
 
     @property
     def _client_host(self) -> str:
-        if self.host in ("0.0.0.0", ""):
-            return "127.0.0.1"
-        if self.host == "::":
-            return "[::1]"
-        return f"[{self.host}]" if ":" in self.host else self.host
+        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -89,24 +85,24 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             sock.close()
 
 
-def bind_address(host: str, port: int) -> tuple[int, tuple]:
-    """(address family, socket address) of `host`, an IPv4 or IPv6 address or a name; ServerStartError
-    when it cannot be resolved."""
+def ipv4_address(host: str) -> str:
+    """The IPv4 address tritonserver is given for `host` (a name is resolved here): its HTTP and metrics
+    endpoints (2.51) bind IPv4 addresses only. ServerStartError when there is none."""
+    if ":" in host:
+        raise ServerStartError(f"host {host} is an IPv6 address; the embedded tritonserver serves HTTP and metrics "
+                               "on IPv4 only: give an IPv4 address (127.0.0.1, or 0.0.0.0 for every interface)")
     try:
-        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                      flags=socket.AI_PASSIVE)[0]
+        return socket.getaddrinfo(host, None, family=socket.AF_INET, type=socket.SOCK_STREAM)[0][4][0]
     except (socket.gaierror, UnicodeError) as exc:
-        raise ServerStartError(f"cannot bind to host {host!r}: {exc}") from None
-    return family, address
+        raise ServerStartError(f"cannot resolve host {host!r} to an IPv4 address: {exc.strerror or exc}") from None
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether another process holds `port` on `host`; a host this machine cannot bind is an error."""
-    family, address = bind_address(host, port)
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
+    """Whether another process holds `port` on `host`; an address this machine cannot bind is an error."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(address)
+            sock.bind((ipv4_address(host), port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 return True
@@ -127,6 +123,16 @@ def group_shm_regions(pgid: int) -> set[Path]:
         except (psutil.Error, OSError):
             continue  # the process ended while we looked, or is not ours to read
     return regions
+
+
+def _arguments(config) -> list[str]:
+    """`--key=value` per option set, one list item each (paths may hold spaces, so no string split)."""
+    arguments = []
+    for key, value in config.server_args().items():
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if item is not None:
+                arguments.append(f"--{key}={item}")
+    return arguments
 
 
 class EmbeddedTriton:
@@ -169,25 +175,28 @@ class EmbeddedTriton:
         return self.workdir / "tritonserver.log" if self.workdir else None
 
     def command(self, backends: Path, runtime: Path) -> list[str]:
+        """tritonserver's argv, its options set through pytriton's TritonServerConfig (which knows
+        Triton's option names and refuses others)."""
+        from pytriton.server.triton_server_config import TritonServerConfig
+
         install = triton_binary.locate()
         e = self.endpoints
-        return [
-            str(install.binary),
-            f"--model-repository={runtime}",
-            f"--backend-directory={backends}",
-            "--model-control-mode=explicit", "--load-model=*",
-            f"--http-address={e.host}", f"--http-port={e.http_port}",
-            f"--grpc-address={e.host}", f"--grpc-port={e.grpc_port}",
-            f"--metrics-address={e.host}", f"--metrics-port={e.metrics_port}",
-            "--allow-gpu-metrics=false",
-            "--disable-auto-complete-config",  # serve the derived config as written
-            "--strict-readiness=true",
-            f"--exit-timeout-secs={self.exit_timeout_s}",
-            f"--log-verbose={self.log_verbose}",
-            *self.restriction_args(),
-            *self.cache_args(install),
-            *self.extra_args,
-        ]
+        config = TritonServerConfig()
+        config.update_config({
+            "model-repository": str(runtime), "backend-directory": str(backends),
+            "model-control-mode": "explicit", "load-model": "*",
+            "http-address": e.host, "http-port": e.http_port,
+            "grpc-address": e.host, "grpc-port": e.grpc_port,
+            "metrics-address": e.host, "metrics-port": e.metrics_port,
+            "allow-gpu-metrics": "false",
+            "strict-readiness": "true",
+            "exit-timeout-secs": self.exit_timeout_s,
+            "log-verbose": self.log_verbose,
+        })
+        # a flag without a value, which TritonServerConfig cannot write: serve the derived config as written
+        flags = ["--disable-auto-complete-config"]
+        return [str(install.binary), *_arguments(config), *flags, *self.restriction_args(),
+                *self.cache_args(install), *self.extra_args]
 
     def cache_args(self, install: triton_binary.TritonInstall) -> list[str]:
         """Triton's local response cache, for the models whose config enables response_cache."""
@@ -217,6 +226,7 @@ class EmbeddedTriton:
         if self.group is not None:
             raise RuntimeError("server already started")
         install = triton_binary.locate()
+        self.endpoints = replace(self.endpoints, host=ipv4_address(self.endpoints.host))
         busy = [p for p in (self.endpoints.http_port, self.endpoints.grpc_port, self.endpoints.metrics_port)
                 if port_in_use(p, self.endpoints.host)]
         if busy:

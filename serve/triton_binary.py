@@ -83,13 +83,14 @@ def check_platform() -> str:
 
 
 def wheel_install() -> TritonInstall:
-    """Where the nvidia-pytriton wheel put the server; nothing in it is checked yet."""
+    """Where the nvidia-pytriton wheel put the server (pytriton's own account of its paths); nothing in
+    it is checked yet."""
     try:
-        import pytriton
+        from pytriton.utils import distribution
     except ImportError:
         raise TritonNotAvailable("nvidia-pytriton is not installed: pip install nvidia-pytriton") from None
-    package = Path(pytriton.__file__).parent
-    return TritonInstall(root=package / "tritonserver", libs=package.parent / "nvidia_pytriton.libs")
+    return TritonInstall(root=distribution.get_root_module_path() / "tritonserver",
+                         libs=Path(distribution.get_libs_path()))
 
 
 def check_shared_libpython() -> None:

@@ -127,7 +127,7 @@ def test_serve_refuses_a_missing_repository(tmp_path):
     (["--values", "inf,0,0,0,0"], "infinite values"),
     ([], "exactly one of --input"),
     (["--input", "/nonexistent.csv"], "input file not found"),
-    (["--values", "1,2,3,4,5", "--model", "missing_model", "--timeout-s", "1"], "'missing_model' not ready"),
+    (["--values", "1,2,3,4,5", "--model", "missing_model", "--timeout-s", "300"], "'missing_model' is not served"),
 ])
 def test_predict_bad_input(args, message, triton):
     result = run_cli("predict", "--url", triton.endpoints.http, *args, timeout=60)
@@ -136,12 +136,31 @@ def test_predict_bad_input(args, message, triton):
     assert "Traceback" not in result.stderr
 
 
-def test_predict_unreachable_server_fails_fast():
-    started = time.monotonic()
+def test_predict_unreachable_server_gives_up_after_its_timeout():
     result = run_cli("predict", "--url", f"127.0.0.1:{free_port()}", "--values", "1,2,3,4,5", "--timeout-s", "1",
-                     timeout=60)
-    assert result.returncode == 1 and "not ready" in result.stderr
-    assert time.monotonic() - started < 30
+                     timeout=120)
+    assert result.returncode == 1 and "not ready at" in result.stderr and "after 1 s" in result.stderr
+
+
+@pytest.mark.parametrize("port", ["70000", "0", "-1"])
+def test_serve_refuses_a_port_outside_the_range_before_starting(port):
+    result = run_cli("serve", "--http-port", port, timeout=60)
+    assert result.returncode == 2 and "Invalid value for '--http-port'" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("host, message", [
+    ("no-such-host.invalid", "cannot resolve host 'no-such-host.invalid' to an IPv4 address"),
+    ("::1", "host ::1 is an IPv6 address; the embedded tritonserver serves HTTP and metrics on IPv4 only"),
+    ("192.0.2.1", "cannot bind port"),  # TEST-NET-1: an address of no interface here
+])
+def test_serve_says_why_a_host_cannot_be_served_instead_of_a_busy_port(host, message):
+    result = run_cli("serve", "--repository", str(ROOT / "model_repository"), "--host", host,
+                     "--http-port", str(free_port()), "--grpc-port", str(free_port()),
+                     "--metrics-port", str(free_port()), timeout=60)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {message}") and "already in use" not in line, result.stderr
 
 
 @pytest.mark.parametrize("args, message", [
@@ -151,14 +170,25 @@ def test_predict_unreachable_server_fails_fast():
     (["bench", "--repository", "{tmp}/nowhere", "--out", "{tmp}"], "model 'random_forest' not found in {tmp}/nowhere"),
     (["tune", "--queue-delay-us", "-1"], "--queue-delay-us must be 0 or more, not -1"),
     (["tune", "--protocol", "udp"], "--protocol must be http or grpc, not 'udp'"),
+    (["bench", "--repository", "{root}/model_repository", "--out", "{file}"], "--out {file} is a file; give a folder"),
+    (["bench", "--repository", "{unversioned}", "--out", "{tmp}"],
+     "model 'random_forest' in {unversioned} has no version folder"),
+    (["tune", "--repository", "{unversioned}"], "model 'random_forest' in {unversioned} has no version folder"),
+    (["loadtest", "--summary-json", "{tmp}/missing/summary.json"], "--summary-json {tmp}/missing/summary.json: "
+                                                                    "folder {tmp}/missing does not exist"),
+    (["loadtest", "--html", "{file}/report.html"], "--html {file}/report.html: folder {file} does not exist"),
 ], ids=["demo-repository-is-a-file", "bench-concurrency-0", "bench-negative-warmup", "bench-missing-repository",
-        "tune-negative-delay", "tune-protocol"])
+        "tune-negative-delay", "tune-protocol", "bench-out-is-a-file", "bench-without-versions",
+        "tune-without-versions", "loadtest-summary-in-a-missing-folder", "loadtest-html-under-a-file"])
 def test_commands_refuse_bad_input_in_one_error_line(args, message, tmp_path):
     """Refused before anything runs: one `error:` line, exit 1, nothing written, no traceback."""
     a_file = tmp_path / "a_file"
     a_file.write_text("")
     out = tmp_path / "out"
-    fill = {"file": str(a_file), "tmp": str(out)}
+    unversioned = tmp_path / "unversioned"
+    (unversioned / "random_forest").mkdir(parents=True)
+    shutil.copy(ROOT / "model_repository" / "random_forest" / "config.pbtxt", unversioned / "random_forest")
+    fill = {"file": str(a_file), "tmp": str(out), "root": str(ROOT), "unversioned": str(unversioned)}
     result = run_cli(*[arg.format(**fill) for arg in args], timeout=300)
     assert result.returncode == 1, result.stderr
     (line,) = result.stderr.strip().splitlines()
