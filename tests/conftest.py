@@ -23,7 +23,7 @@ import pytest
 
 from rf_triton.export import sources
 from rf_triton.export.pipeline import export_model
-from rf_triton.serve.server import EmbeddedTriton, ServerStartError, free_ports
+from rf_triton.serve.server import EmbeddedTriton, ServerStartError, free_ports, port_in_use
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,6 +80,27 @@ class ServerFactory:
         finally:
             self.stop(server)
 
+    __call__ = start
+
+    def restart(self, server: EmbeddedTriton, **kwargs) -> EmbeddedTriton:
+        """A new server on a stopped one's ports (its clients keep their URLs), started once the ports are
+        free again: waited for against a deadline, not assumed."""
+        e = server.endpoints
+        deadline = time.monotonic() + 60
+        while any(port_in_use(port, e.host) for port in (e.http_port, e.grpc_port, e.metrics_port)):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the ports of the stopped server are still held after 60 s: {e}", pytrace=False)
+            time.sleep(0.2)
+        again = EmbeddedTriton(server.repository, host=e.host, http_port=e.http_port, grpc_port=e.grpc_port,
+                               metrics_port=e.metrics_port, **kwargs)
+        try:
+            again.start(ready_timeout_s=120)
+        except ServerStartError as exc:
+            pytest.fail(f"embedded tritonserver did not restart:\n{exc}", pytrace=False)
+        self.started.append(again)
+        LIVE_SERVERS.append(again)
+        return again
+
     def stop(self, server: EmbeddedTriton) -> None:
         try:
             server.stop()
@@ -112,7 +133,7 @@ def triton(servers, demo_repository):
 def server_factory(servers):
     """Start extra embedded servers (own repositories, options) in a test; all are stopped at teardown."""
     own = ServerFactory()
-    yield own.start
+    yield own
     own.stop_all()
 
 

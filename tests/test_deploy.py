@@ -279,19 +279,15 @@ def test_dashboard_layout_and_panels(dashboard):
 
 
 @pytest.mark.integration
-def test_dashboard_metrics_are_exported_by_the_real_server(demo_repository, dashboard, prometheus_config):
+def test_dashboard_metrics_are_exported_by_the_real_server(demo_repository, dashboard, prometheus_config,
+                                                           server_factory):
     """Scrape the embedded Triton (summary latencies on) after real requests: every metric, label and
     quantile the dashboard asks for must be there (GPU gauges aside: no GPU here)."""
-    from conftest import start_server
-
-    server = start_server(demo_repository, extra_args=("--metrics-config=summary_latencies=true",))
-    try:
-        with RandomForestClient(server.endpoints.grpc, protocol="grpc") as client:
-            for rows in (1, 3, 40):
-                client.predict(np.zeros((rows, client.n_features), dtype=np.float32))
-        text = urllib.request.urlopen(server.endpoints.metrics, timeout=10).read().decode()
-    finally:
-        server.stop()
+    server = server_factory(demo_repository, extra_args=("--metrics-config=summary_latencies=true",))
+    with RandomForestClient(server.endpoints.grpc, protocol="grpc") as client:
+        for rows in (1, 3, 40):
+            client.predict(np.zeros((rows, client.n_features), dtype=np.float32))
+    text = urllib.request.urlopen(server.endpoints.metrics, timeout=10).read().decode()
     labels: dict[str, set[str]] = {}
     quantiles: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(text):

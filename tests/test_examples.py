@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.integration
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TIMEOUT_S = 120
 
@@ -53,6 +52,7 @@ def expected(demo_model) -> np.ndarray:
     return demo_model.estimator.predict(np.asarray(python_client.SAMPLE_ROWS, dtype=np.float32))
 
 
+@pytest.mark.integration
 def test_curl_json_and_binary(triton, expected):
     assert shutil.which("curl"), "curl is needed by examples/curl_http.sh: install it (apt-get install curl)"
     result = run("bash", str(EXAMPLES / "curl_http.sh"), triton.endpoints.http)
@@ -61,12 +61,14 @@ def test_curl_json_and_binary(triton, expected):
     np.testing.assert_allclose(printed(result.stdout, "binary predictions"), expected, rtol=1e-4)
 
 
+@pytest.mark.integration
 def test_curl_fails_with_the_servers_message(triton):
     result = run("bash", str(EXAMPLES / "curl_http.sh"), expect=1,
                  env={"RF_TRITON_URL": triton.endpoints.http, "RF_TRITON_MODEL": "no_such_model"})
     assert "error:" in result.stderr and "no_such_model" in result.stderr, result.stderr
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_predict_sh(triton, expected, protocol):
     url = triton.endpoints.http if protocol == "http" else triton.endpoints.grpc
@@ -75,6 +77,7 @@ def test_predict_sh(triton, expected, protocol):
     np.testing.assert_allclose(printed(result.stdout, "csv predictions"), expected, rtol=1e-4)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_python_client(triton, demo_model, expected, protocol):
     url = triton.endpoints.http if protocol == "http" else triton.endpoints.grpc
@@ -91,12 +94,14 @@ def test_python_client(triton, demo_model, expected, protocol):
     assert "40 answers, all equal to the single-row prediction: yes" in out, out
 
 
+@pytest.mark.integration
 def test_grpc_client(triton, expected):
     result = run(sys.executable, str(EXAMPLES / "grpc_client.py"), "--url", triton.endpoints.grpc)
     np.testing.assert_allclose(printed(result.stdout, "raw tritonclient.grpc (X -> variable)"), expected, rtol=1e-4)
     np.testing.assert_allclose(printed(result.stdout, "RandomForestClient (grpc)"), expected, rtol=1e-4)
 
 
+@pytest.mark.integration
 def test_grpc_client_fails_for_an_unknown_model(triton):
     result = run(sys.executable, str(EXAMPLES / "grpc_client.py"), "--url", triton.endpoints.grpc,
                  "--model", "no_such_model", expect=1)
@@ -104,26 +109,21 @@ def test_grpc_client_fails_for_an_unknown_model(triton):
 
 
 @pytest.fixture(scope="module")
-def customers(tmp_path_factory):
+def customers(servers, tmp_path_factory):
     """The classifier curl_columns.sh talks to, exported from examples/customers.csv and served."""
     import pandas as pd
 
     from rf_triton.export import sources
     from rf_triton.export.pipeline import export_model
-    from rf_triton.serve.server import EmbeddedTriton
-
     trained = sources.train_from_csv(EXAMPLES / "customers.csv", "segment", n_estimators=20, max_depth=8)
     repository = tmp_path_factory.mktemp("customers") / "model_repository"
     export_model(trained, repository, name="customers")
-    server = EmbeddedTriton.on_free_ports(repository, watch_interval_s=None)
-    server.start()
     rows = pd.DataFrame({"city": ["paris", "brest"], "size": [120.5, 40.0], "age": [35.0, np.nan]})
-    try:
+    with servers.serving(repository, watch_interval_s=None) as server:
         yield server, trained.estimator, rows
-    finally:
-        server.stop()
 
 
+@pytest.mark.integration
 def test_curl_columns_labels_and_top_classes(customers):
     server, estimator, rows = customers
     result = run("bash", str(EXAMPLES / "curl_columns.sh"), server.endpoints.http)

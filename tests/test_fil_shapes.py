@@ -22,7 +22,6 @@ from rf_triton.export import sources
 from rf_triton.export.pipeline import export_model
 from rf_triton.repository import CONFIG_FILENAME, read_config, write_config
 
-pytestmark = pytest.mark.integration
 PROTOCOLS = ("http", "grpc")
 
 FIL_SHAPED_MODEL = '''
@@ -58,9 +57,7 @@ class TritonPythonModel:
 
 
 @pytest.fixture(scope="module")
-def fil_served(tmp_path_factory):
-    from rf_triton.serve.server import EmbeddedTriton
-
+def fil_served(servers, tmp_path_factory):
     rng = np.random.default_rng(3)
     X = rng.normal(size=(800, 4)).astype(np.float32)
     X_train = X.copy()
@@ -83,18 +80,15 @@ def fil_served(tmp_path_factory):
         config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
         write_config(served / name / CONFIG_FILENAME, config)
         (served / name / "1" / "model.py").write_text(FIL_SHAPED_MODEL)
-    server = EmbeddedTriton.on_free_ports(served, watch_interval_s=None)
-    server.start()
-    try:
+    with servers.serving(served, watch_interval_s=None) as server:
         yield server, models
-    finally:
-        server.stop()
 
 
 def url(server, protocol: str) -> str:
     return server.endpoints.http if protocol == "http" else server.endpoints.grpc
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("rows", [1, 37])
 def test_fil_shaped_regressor(fil_served, protocol, rows):
@@ -107,6 +101,7 @@ def test_fil_shaped_regressor(fil_served, protocol, rows):
     np.testing.assert_allclose(predicted, models["fil_regressor"].predict(X), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("rows", [1, 37])
 def test_fil_shaped_classifier(fil_served, protocol, rows):

@@ -29,7 +29,6 @@ from rf_triton.export import sources
 from rf_triton.export.pipeline import export_model
 from rf_triton.serve.server import EmbeddedTriton, group_shm_regions
 
-pytestmark = pytest.mark.integration
 MODEL = "random_forest"
 
 
@@ -114,17 +113,8 @@ def own_repository(tmp_path, demo_repository) -> Path:
     return repository
 
 
-@pytest.fixture()
-def restarted():
-    """Servers restarted by a test on the ports of a killed one; stopped at teardown."""
-    started: list[EmbeddedTriton] = []
-    yield started
-    for server in started:
-        server.stop()
-
-
-def test_sigkill_under_load_then_restart_loses_no_request(own_repository, server_factory, restarted, demo_model,
-                                                          capsys):
+@pytest.mark.integration
+def test_sigkill_under_load_then_restart_loses_no_request(own_repository, server_factory, demo_model, capsys):
     server = server_factory(own_repository)
     rows = demo_model.X_val[:200]
     expected = demo_model.estimator.predict(rows)
@@ -137,10 +127,7 @@ def test_sigkill_under_load_then_restart_loses_no_request(own_repository, server
             server.stop()
             assert not [r for r in server.shm_regions if r.exists()], "shared memory left behind after a kill"
             killed_at = load.report.answered
-            again = EmbeddedTriton(own_repository, http_port=server.endpoints.http_port,
-                                   grpc_port=server.endpoints.grpc_port, metrics_port=server.endpoints.metrics_port)
-            restarted.append(again)
-            again.start()
+            again = server_factory.restart(server)
             load.wait_for(killed_at + 100)
         report = load.report
         with capsys.disabled():
@@ -154,6 +141,7 @@ def test_sigkill_under_load_then_restart_loses_no_request(own_repository, server
         server = again
 
 
+@pytest.mark.integration
 def test_sigterm_under_load_finishes_in_flight_and_leaves_nothing(own_repository, demo_model, serve, capsys):
     """SIGTERM, then clients drain away (as behind a load balancer): answers keep coming while they
     do, Triton exits 0 once its connections close, and no process or shared memory is left behind.
@@ -197,6 +185,7 @@ def runtime_versions(server: EmbeddedTriton) -> list[str]:
     return sorted(p.name for p in (server.runtime.path / MODEL).iterdir() if p.is_dir())
 
 
+@pytest.mark.integration
 def test_hot_update_and_rollback_with_zero_failed_requests(own_repository, server_factory, demo_model, capsys):
     server = server_factory(own_repository)
     rows = demo_model.X_val[:200]
@@ -234,6 +223,7 @@ def test_hot_update_and_rollback_with_zero_failed_requests(own_repository, serve
         np.testing.assert_allclose(client.predict(rows[:20]), v2[:20], rtol=1e-4)
 
 
+@pytest.mark.integration
 def test_a_corrupt_new_version_does_not_take_down_the_serving_one(own_repository, server_factory, demo_model):
     server = server_factory(own_repository)
     broken = own_repository / MODEL / "2"
@@ -251,6 +241,7 @@ def test_a_corrupt_new_version_does_not_take_down_the_serving_one(own_repository
     assert server.is_running()
 
 
+@pytest.mark.integration
 def test_a_repository_that_cannot_be_mirrored_fails_the_next_load_with_the_reason(own_repository, server_factory,
                                                                                   demo_model):
     """The watcher survives a bad repository, says why, and `models load` fails instead of reloading a stale copy."""
@@ -277,6 +268,7 @@ def test_a_repository_that_cannot_be_mirrored_fails_the_next_load_with_the_reaso
         np.testing.assert_allclose(client.predict(rows), demo_model.estimator.predict(rows), rtol=1e-4)
 
 
+@pytest.mark.integration
 def test_control_api_needs_the_key_and_inference_does_not(own_repository, server_factory, demo_model, monkeypatch):
     server = server_factory(own_repository, control_key="s3cret")
     json_body = {"Content-Type": "application/json"}
@@ -310,6 +302,7 @@ def test_control_api_needs_the_key_and_inference_does_not(own_repository, server
     assert "serving version(s) 1" in allowed.stdout
 
 
+@pytest.mark.integration
 def test_serve_binds_loopback_by_default(server_factory, own_repository):
     server = server_factory(own_repository)
     listening = {c.laddr.port: c.laddr.ip for c in psutil.Process(server.process.pid).net_connections("tcp")
@@ -318,6 +311,7 @@ def test_serve_binds_loopback_by_default(server_factory, own_repository):
         assert listening[port] in ("127.0.0.1", "::ffff:127.0.0.1"), (port, listening)
 
 
+@pytest.mark.integration
 def test_models_cli_lists_and_unloads(own_repository, server_factory):
     server = server_factory(own_repository)
     runner = CliRunner()
@@ -346,6 +340,7 @@ SOAK_SECONDS = float(os.environ.get("RF_TRITON_SOAK_SECONDS", "180"))
 @pytest.mark.soak
 @pytest.mark.skipif(os.environ.get("RF_TRITON_SOAK") != "1",
                     reason="opt-in soak: RF_TRITON_SOAK=1 python -m pytest -m soak -s tests/test_reliability.py")
+@pytest.mark.integration
 def test_soak_at_70_percent_of_capacity(own_repository, server_factory, demo_model, capsys):
     """Minutes at ~70% of measured capacity: no failure, and memory flat after warm-up (< 5% growth)."""
     server = server_factory(own_repository)
