@@ -12,3 +12,15 @@ request() {
         exit 1
     fi
 }
+
+# input_datatype METADATA_JSON INPUT: the datatype the model's metadata declares for INPUT (FP32, FP64,
+# BYTES): each input is sent in its own.
+input_datatype() {
+    local datatype
+    datatype="$(grep -o "{\"name\":\"$2\",\"datatype\":\"[A-Z0-9]*\"" "$1" | head -n 1 | sed 's/.*"datatype":"//; s/"$//')"
+    if [[ -z "$datatype" ]]; then
+        echo "error: the model's metadata has no input $2: $(head -c 500 "$1")" >&2
+        exit 1
+    fi
+    echo "$datatype"
+}

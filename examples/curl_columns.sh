@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A DataFrame model over HTTP with curl: one input per column (strings as BYTES, numbers as FP32),
+# A DataFrame model over HTTP with curl: one input per column (strings as BYTES, numbers in the datatype
+# the model's metadata declares for each: FP32, or FP64 where the model computes with them in double),
 # the predicted labels, and Triton's classification extension (top classes as "score:index:label").
 #
 # The model: a classifier trained on examples/customers.csv, with its string column encoded inside it:
@@ -19,13 +20,17 @@ trap 'rm -rf "$work"' EXIT
 # shellcheck source=_request.sh
 source "$(dirname "$0")/_request.sh"
 
+request "$work/metadata.json" "$BASE"
+SIZE_TYPE="$(input_datatype "$work/metadata.json" size)"
+AGE_TYPE="$(input_datatype "$work/metadata.json" age)"
+
 # Two customers, one column per input, shape [rows, 1]. NaN is a missing value: the model routes it as
 # sklearn does (JSON has no NaN literal, Triton's parser accepts it).
-cat > "$work/request.json" <<'JSON'
+cat > "$work/request.json" <<JSON
 {"inputs": [
    {"name": "city", "shape": [2, 1], "datatype": "BYTES", "data": ["paris", "brest"]},
-   {"name": "size", "shape": [2, 1], "datatype": "FP32", "data": [120.5, 40.0]},
-   {"name": "age", "shape": [2, 1], "datatype": "FP32", "data": [35.0, NaN]}],
+   {"name": "size", "shape": [2, 1], "datatype": "$SIZE_TYPE", "data": [120.5, 40.0]},
+   {"name": "age", "shape": [2, 1], "datatype": "$AGE_TYPE", "data": [35.0, NaN]}],
  "outputs": [{"name": "label"}, {"name": "probabilities", "parameters": {"classification": 2}}]}
 JSON
 request "$work/response.json" "$BASE/infer" -H 'Content-Type: application/json' --data-binary "@$work/request.json"

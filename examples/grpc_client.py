@@ -15,6 +15,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from rf_triton.client import ClientError, RandomForestClient
+from rf_triton.signature import numpy_dtype
 
 # The same two rows as python_client.py's SAMPLE_ROWS.
 SAMPLE_ROWS = [[0.5, -1.25, 0.25, 1.5, -0.75], [-0.5, 1.0, -1.5, 0.125, 2.0]]
@@ -27,14 +28,16 @@ def raw(url: str, model: str) -> None:
         if not client.is_model_ready(model):
             raise InferenceServerException(f"model {model} is not ready at {url}")
         metadata = client.get_model_metadata(model, as_json=True)
-        input_name, output_name = metadata["inputs"][0]["name"], metadata["outputs"][0]["name"]
-        rows = np.asarray(SAMPLE_ROWS, dtype=np.float32)
-        tensor = grpcclient.InferInput(input_name, list(rows.shape), "FP32")
+        (features,), output_name = metadata["inputs"], metadata["outputs"][0]["name"]
+        input_name, datatype = features["name"], features["datatype"]  # FP32, or FP64 for a model computing in double
+        rows = np.asarray(SAMPLE_ROWS, dtype=numpy_dtype(datatype))
+        tensor = grpcclient.InferInput(input_name, list(rows.shape), datatype)
         tensor.set_data_from_numpy(rows)
         result = client.infer(model, [tensor], outputs=[grpcclient.InferRequestedOutput(output_name)],
                               client_timeout=30)
         predictions = result.as_numpy(output_name).reshape(-1)
-        print(f"raw tritonclient.grpc ({input_name} -> {output_name}): {' '.join(f'{v:.6g}' for v in predictions)}")
+        print(f"raw tritonclient.grpc ({input_name} {datatype} -> {output_name}): "
+              f"{' '.join(f'{v:.6g}' for v in predictions)}")
     finally:
         client.close()
 

@@ -14,9 +14,11 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 import typer
+from markdown_it import MarkdownIt
 
 from rf_triton.cli import app
 
@@ -24,12 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 GUIDES = {"en": DOCS / "guide.md", "fr": DOCS / "guide.fr.md"}
 
-FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```[ \t]*$", re.S | re.M)
-INLINE = re.compile(r"`([^`]+)`")
+MARKDOWN = MarkdownIt("commonmark").enable("table")
 RF_TRITON = re.compile(r"(?:\S*/)?rf-triton")
 SHELL_TERMINATORS = {"|", "||", "&&", ";", "&", ">", ">>", "2>&1", "<"}
 COMMENT = re.compile(r"(^|\s)#.*$")
-LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
 # -- the CLI, as click sees it ---------------------------------------------------------------------
@@ -80,9 +80,28 @@ class Mention:
 
 
 def split_markdown(text: str) -> tuple[list[tuple[str, str]], str]:
-    """(fenced code blocks as (language, body)), and the prose with the blocks cut out."""
-    blocks = [(m.group(1), m.group(2)) for m in FENCE.finditer(text)]
-    return blocks, FENCE.sub("\n", text)
+    """(fenced code blocks as (language, body)), and the prose with the blocks cut out (markdown-it's parse)."""
+    fences = [t for t in MARKDOWN.parse(text) if t.type == "fence"]
+    blocks = [(t.info.split()[0] if t.info.strip() else "", t.content) for t in fences]
+    in_fence = {line for t in fences for line in range(*t.map)}
+    prose = "\n".join(line for number, line in enumerate(text.splitlines()) if number not in in_fence)
+    return blocks, prose
+
+
+def inline_children(text: str):
+    """Every token inside the paragraphs, headings and table cells of `text` (code blocks aside)."""
+    for token in MARKDOWN.parse(text):
+        if token.type == "inline":
+            yield from token.children or ()
+
+
+def code_spans(text: str) -> list[str]:
+    return [t.content for t in inline_children(text) if t.type == "code_inline"]
+
+
+def links(text: str) -> list[str]:
+    """Link targets as written (markdown-it percent-encodes them: é in an anchor becomes %C3%A9)."""
+    return [unquote(t.attrGet("href")) for t in inline_children(text) if t.type == "link_open"]
 
 
 def strip_comment(line: str) -> str:
@@ -123,7 +142,7 @@ def mentions(text: str, top_level: set[str]) -> tuple[list[Mention], list[str]]:
         for line in code_lines(body):
             found += mentions_in_tokens(line.split(), "code", line, top_level, implicit=False)
     bare = []
-    for span in INLINE.findall(prose):
+    for span in code_spans(text):
         tokens = span.split()
         if tokens and tokens[0].startswith("--"):
             bare.append(clean(tokens[0]).split("=")[0])
@@ -152,18 +171,25 @@ def check_mention(mention: Mention, root) -> list[str]:
 
 def reference_table(text: str) -> dict[tuple[str, ...], set[str]]:
     """Rows `| \\`rf-triton CMD [ARG]\\` | \\`--a\\` \\`--b\\` |` of the command reference table."""
-    rows = {}
-    for line in text.splitlines():
-        match = re.match(r"\|\s*`rf-triton ([^`]+)`\s*\|(.*)\|\s*$", line)
-        if match:
-            path = tuple(word for word in match.group(1).split() if not word.isupper())
-            rows[path] = set(re.findall(r"`(--[\w-]+)`", match.group(2)))
+    rows, cells = {}, None
+    for token in MARKDOWN.parse(text):
+        if token.type == "tr_open":
+            cells = []
+        elif token.type == "inline" and cells is not None:
+            cells.append([c.content for c in token.children or () if c.type == "code_inline"])
+        elif token.type == "tr_close":
+            first = cells[0] if cells else []
+            if len(cells) > 1 and len(first) == 1 and first[0].startswith("rf-triton "):
+                path = tuple(word for word in first[0].split()[1:] if not word.isupper())
+                rows[path] = {span.split()[0] for cell in cells[1:] for span in cell if span.startswith("--")}
+            cells = None
     return rows
 
 
 def headings(text: str) -> list[tuple[int, str]]:
-    _blocks, prose = split_markdown(text)
-    return [(len(m.group(1)), m.group(2).strip()) for m in re.finditer(r"^(#{1,6})\s+(.*)$", prose, re.M)]
+    parsed = MARKDOWN.parse(text)
+    return [(int(token.tag[1]), parsed[i + 1].content.strip())
+            for i, token in enumerate(parsed) if token.type == "heading_open"]
 
 
 def slug(heading: str) -> str:
@@ -304,7 +330,7 @@ def test_links_resolve(guides, lang):
     text = guides[lang]
     anchors = {slug(title) for _, title in headings(text)}
     _blocks, prose = split_markdown(text)
-    for target in LINK.findall(prose):
+    for target in links(text):
         if target.startswith(("http://", "https://")):
             continue
         path, _, anchor = target.partition("#")
@@ -318,7 +344,7 @@ def test_links_resolve(guides, lang):
 
 def test_readme_links_both_guides():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    targets = LINK.findall(readme)
+    targets = links(readme)
     for guide in GUIDES.values():
         relative = guide.relative_to(ROOT).as_posix()
         assert relative in targets, f"README.md does not link {relative}"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import with_fp64_inputs
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TIMEOUT_S = 120
@@ -97,7 +98,7 @@ def test_python_client(triton, demo_model, expected, protocol):
 @pytest.mark.integration
 def test_grpc_client(triton, expected):
     result = run(sys.executable, str(EXAMPLES / "grpc_client.py"), "--url", triton.endpoints.grpc)
-    np.testing.assert_allclose(printed(result.stdout, "raw tritonclient.grpc (X -> variable)"), expected, rtol=1e-4)
+    np.testing.assert_allclose(printed(result.stdout, "raw tritonclient.grpc (X FP32 -> variable)"), expected, rtol=1e-4)
     np.testing.assert_allclose(printed(result.stdout, "RandomForestClient (grpc)"), expected, rtol=1e-4)
 
 
@@ -118,15 +119,18 @@ def customers(servers, tmp_path_factory):
     trained = sources.train_from_csv(EXAMPLES / "customers.csv", "segment", n_estimators=20, max_depth=8)
     repository = tmp_path_factory.mktemp("customers") / "model_repository"
     export_model(trained, repository, name="customers")
+    export_model(trained, repository, name="customers_fp64")
+    with_fp64_inputs(repository / "customers_fp64")  # its numeric columns as FP64
     rows = pd.DataFrame({"city": ["paris", "brest"], "size": [120.5, 40.0], "age": [35.0, np.nan]})
     with servers.serving(repository, watch_interval_s=None) as server:
         yield server, trained.estimator, rows
 
 
 @pytest.mark.integration
-def test_curl_columns_labels_and_top_classes(customers):
+@pytest.mark.parametrize("model", ["customers", "customers_fp64"])
+def test_curl_columns_labels_and_top_classes(customers, model):
     server, estimator, rows = customers
-    result = run("bash", str(EXAMPLES / "curl_columns.sh"), server.endpoints.http)
+    result = run("bash", str(EXAMPLES / "curl_columns.sh"), server.endpoints.http, env={"RF_TRITON_MODEL": model})
     (labels,) = [line.split(":", 1)[1].split() for line in result.stdout.splitlines() if line.startswith("labels:")]
     assert labels == list(estimator.predict(rows))
     probabilities = estimator.predict_proba(rows)
@@ -137,3 +141,15 @@ def test_curl_columns_labels_and_top_classes(customers):
             expected.append((int(index), estimator.classes_[index], row[index]))
     assert [(int(t.split(":")[1]), t.split(":")[2]) for t in top] == [(i, c) for i, c, _ in expected]
     np.testing.assert_allclose([float(t.split(":")[0]) for t in top], [p for _, _, p in expected], atol=1e-5)
+
+
+@pytest.mark.integration
+def test_curl_and_grpc_examples_send_an_fp64_input_as_doubles(kinds):
+    server, models, _ = kinds
+    expected = models["forest_fp64"].predict(np.asarray(python_client.SAMPLE_ROWS))
+    curl = run("bash", str(EXAMPLES / "curl_http.sh"), server.endpoints.http, env={"RF_TRITON_MODEL": "forest_fp64"})
+    np.testing.assert_allclose(printed(curl.stdout, "json predictions"), expected, rtol=1e-4)
+    np.testing.assert_allclose(printed(curl.stdout, "binary predictions"), expected, rtol=1e-4)
+    grpc = run(sys.executable, str(EXAMPLES / "grpc_client.py"), "--url", server.endpoints.grpc, "--model", "forest_fp64")
+    np.testing.assert_allclose(printed(grpc.stdout, "raw tritonclient.grpc (X FP64 -> variable)"), expected, rtol=1e-4)
+    np.testing.assert_allclose(printed(grpc.stdout, "RandomForestClient (grpc)"), expected, rtol=1e-4)
