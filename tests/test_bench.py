@@ -59,8 +59,6 @@ def test_in_process_throughput_is_the_observed_rate_not_the_median_call():
     """A run whose median call is 1 ms but that managed 100 calls in 1 s (stalls between) ran at 100/s."""
     result = InProcessResult("onnxruntime", 1, 64, calls=100, duration_s=1.0, p50_ms=1.0, p99_ms=30.0)
     assert result.throughput == pytest.approx(100) and result.rows_per_s == pytest.approx(6_400)
-    real = bench_sklearn(_Mean(), 8, 0.05, np.random.default_rng(0), 3)
-    assert real.throughput == pytest.approx(real.calls / real.duration_s)
 
 
 class _Mean:

@@ -132,8 +132,13 @@ def test_help_warns_that_pickles_run_code():
     assert "runs code" in result.output and "trust" in result.output
 
 
-def _bad_inputs(tmp_path: Path, csv_file: Path, small_data) -> dict[str, tuple[list[str], str]]:
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory, small_data) -> dict[str, tuple[list[str], str]]:
+    """Every bad input's files, written once for all the cases (they are only read)."""
+    tmp_path = tmp_path_factory.mktemp("bad_inputs")
     X, y = small_data
+    csv_file = tmp_path / "train.csv"
+    pd.DataFrame(X, columns=["age", "income", "ratio"]).assign(price=y).to_csv(csv_file, index=False)
     corrupt = tmp_path / "corrupt.joblib"
     corrupt.write_bytes(b"\x80\x04 definitely not a pickle")
     classifier = tmp_path / "classifier.joblib"
@@ -203,8 +208,9 @@ BAD_CASES = ["missing model", "corrupt model", "bool labels", "not a forest", "t
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
-def test_bad_input_one_line_exit_1_nothing_written(case, tmp_path, csv_file, small_data):
-    args, message = _bad_inputs(tmp_path, csv_file, small_data)[case]
+def test_bad_input_one_line_exit_1_nothing_written(case, tmp_path, bad_inputs):
+    assert sorted(bad_inputs) == sorted(BAD_CASES)
+    args, message = bad_inputs[case]
     repo = tmp_path / "repo"
     assert export("--repository", str(repo), "--version", "1").exit_code == 0
     before = snapshot(repo)
