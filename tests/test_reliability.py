@@ -158,15 +158,14 @@ def test_sigterm_under_load_finishes_in_flight_and_leaves_nothing(own_repository
         load.wait_for(100)
         server.proc.send_signal(signal.SIGTERM)
         before_drain = load.report.answered
-        time.sleep(1.0)
+        load.wait_for(before_drain + 1, timeout_s=30)  # answers keep coming after the signal
         answered_while_draining = load.report.answered - before_drain
     started = time.monotonic()
     assert server.proc.wait(timeout=60) == 0, server.tail()
     with capsys.disabled():
         print(f"\nSIGTERM under load: {load.report.attempted} requests, {load.report.answered} answered "
-              f"({answered_while_draining} during the 1 s drain), {len(load.report.errors)} refused; "
+              f"({answered_while_draining} after the signal), {len(load.report.errors)} refused; "
               f"clean exit {time.monotonic() - started:.1f} s after the clients left")
-    assert answered_while_draining > 0
     assert load.report.wrong == []
     assert load.report.answered + len(load.report.errors) == load.report.attempted
     assert all("Unavailable" in e or "Busy" in e for e in load.report.errors), load.report.errors[:5]
