@@ -51,6 +51,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+@events.init.add_listener
+def _fresh_loop_clock(environment, **kwargs) -> None:
+    """gevent's loop reads the clock once per iteration, and it has not iterated since gevent was imported:
+    without this, the seconds spent importing the locustfile (tritonclient, pandas...) count against
+    --run-time, and on a loaded machine a short run ends before its users send anything."""
+    gevent.get_hub().loop.update_now()
+
+
 @events.init_command_line_parser.add_listener
 def add_triton_arguments(parser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="Triton model to load-test")

@@ -154,3 +154,60 @@ def test_cache_workload_reports_triton_s_own_hits_with_and_without_the_cache(dem
 def test_bench_refuses_to_measure_nothing(tmp_path):
     result = runner.invoke(app, ["bench", "--no-sweep", "--no-cache-workload"])
     assert result.exit_code == 1 and "leave nothing to measure" in result.output
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("generator", ["tritonclient.http.aio", "grpc.aio", "wrk"])
+def test_load_generators_send_an_fp64_matrix_as_doubles(kinds, generator):
+    """The datatype goes with the rows: an FP64 input gets 8-byte values, and the server answers them all."""
+    from rf_triton.benchmarks import configs
+    from rf_triton.export.triton_config import CONFIG_FILENAME, read_config
+
+    if generator == "wrk" and loadgen.wrk_path() is None:
+        pytest.skip("wrk not installed (the bench falls back to tritonclient.http.aio)")
+    server, _, exports = kinds
+    features = configs.matrix_input(read_config(exports["forest_fp64"].version_dir.parent / CONFIG_FILENAME))
+    assert (features.name, features.datatype, features.dims) == ("X", "FP64", (5,))
+    target = loadgen.Target(server.endpoints.http, server.endpoints.grpc, "forest_fp64", features.name, "variable")
+    rows = np.random.default_rng(0).standard_normal((3, 5))  # float64
+    run = {"wrk": loadgen.run_wrk, "tritonclient.http.aio": loadgen.run_http_aio, "grpc.aio": loadgen.run_grpc}[generator]
+    result = run(target, rows, 2, 1.0, warmup_s=0.2)
+    assert result.requests > 0 and result.errors == 0
+
+
+@pytest.mark.integration
+def test_the_ceiling_payload_follows_the_demo_models_signature(tmp_path):
+    """A demo repository whose forest takes 3 features: the ceiling runs send 3, and nothing is refused."""
+    from sklearn.ensemble import RandomForestRegressor
+
+    from rf_triton.benchmarks.fullsize import measure_ceiling
+    from rf_triton.export import sources
+    from rf_triton.export.pipeline import export_model
+
+    X = np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32)
+    forest = RandomForestRegressor(5, max_depth=4, random_state=0).fit(X, X[:, 0])
+    repository = tmp_path / "model_repository"
+    export_model(sources.TrainedModel(forest, ["a", "b", "c"], X, "test"), repository)
+    ceiling = measure_ceiling(repository, tmp_path / "work", concurrency=2, duration_s=1.0, rounds=1, log=lambda _: None)
+    assert [run["errors"] for run in ceiling["runs"]] == [0, 0] and all(run["requests"] > 0 for run in ceiling["runs"])
+
+
+@pytest.mark.integration
+def test_the_batch_benchmark_runs_outside_the_source_tree(tmp_path):
+    """As from an installed wheel: the working folder is not the checkout, the repository is an option."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "rf_triton.benchmarks.batch", "--rows", "3000", "--in-memory-rows", "500",
+               "--format", "csv", "--out", str(tmp_path / "results")]
+    missing = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and missing.stderr.strip().splitlines() == [
+        f"error: model 'random_forest' not found in model_repository: give the repository with --repository "
+        "(rf-triton export writes one into ./model_repository)"]
+    ran = subprocess.run([*command, "--repository", str(root / "model_repository")], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    report = json.loads((tmp_path / "results" / "batch.json").read_text())
+    assert report["rows"] == 3000 and [run["format"] for run in report["runs"]] == ["csv"]

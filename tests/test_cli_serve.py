@@ -163,6 +163,24 @@ def test_serve_says_why_a_host_cannot_be_served_instead_of_a_busy_port(host, mes
     assert line.startswith(f"error: {message}") and "already in use" not in line, result.stderr
 
 
+def columnar_repository(repository: Path) -> Path:
+    """A model with one input per column (a string and a number), its config written through protobuf."""
+    import json
+
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from rf_triton.export.triton_config import CONFIG_FILENAME, read_config, write_config
+
+    config = read_config(ROOT / "model_repository" / "random_forest" / CONFIG_FILENAME)
+    del config.input[:]
+    config.input.add(name="city", data_type=mc.TYPE_STRING, dims=[1])
+    config.input.add(name="size", data_type=mc.TYPE_FP64, dims=[1])
+    config.parameters["feature_names"].string_value = json.dumps(["city", "size"])
+    (repository / "random_forest" / "1").mkdir(parents=True)
+    write_config(repository / "random_forest" / CONFIG_FILENAME, config)
+    return repository
+
+
 @pytest.mark.parametrize("args, message", [
     (["demo", "--repository", "{file}"], "repository path {file} exists and is not a folder"),
     (["bench", "--concurrency", "0", "--out", "{tmp}"], "--concurrency must be positive, not 0"),
@@ -174,12 +192,16 @@ def test_serve_says_why_a_host_cannot_be_served_instead_of_a_busy_port(host, mes
     (["bench", "--repository", "{unversioned}", "--out", "{tmp}"],
      "model 'random_forest' in {unversioned} has no version folder"),
     (["tune", "--repository", "{unversioned}"], "model 'random_forest' in {unversioned} has no version folder"),
+    (["bench", "--repository", "{columnar}", "--out", "{tmp}"],
+     "model 'random_forest' takes one input per column (city, size); the benchmarks send one feature matrix"),
+    (["tune", "--repository", "{columnar}"], "model 'random_forest' takes one input per column (city, size)"),
     (["loadtest", "--summary-json", "{tmp}/missing/summary.json"], "--summary-json {tmp}/missing/summary.json: "
                                                                     "folder {tmp}/missing does not exist"),
     (["loadtest", "--html", "{file}/report.html"], "--html {file}/report.html: folder {file} does not exist"),
 ], ids=["demo-repository-is-a-file", "bench-concurrency-0", "bench-negative-warmup", "bench-missing-repository",
         "tune-negative-delay", "tune-protocol", "bench-out-is-a-file", "bench-without-versions",
-        "tune-without-versions", "loadtest-summary-in-a-missing-folder", "loadtest-html-under-a-file"])
+        "tune-without-versions", "bench-columnar", "tune-columnar", "loadtest-summary-in-a-missing-folder",
+        "loadtest-html-under-a-file"])
 def test_commands_refuse_bad_input_in_one_error_line(args, message, tmp_path):
     """Refused before anything runs: one `error:` line, exit 1, nothing written, no traceback."""
     a_file = tmp_path / "a_file"
@@ -188,7 +210,9 @@ def test_commands_refuse_bad_input_in_one_error_line(args, message, tmp_path):
     unversioned = tmp_path / "unversioned"
     (unversioned / "random_forest").mkdir(parents=True)
     shutil.copy(ROOT / "model_repository" / "random_forest" / "config.pbtxt", unversioned / "random_forest")
-    fill = {"file": str(a_file), "tmp": str(out), "root": str(ROOT), "unversioned": str(unversioned)}
+    columnar = columnar_repository(tmp_path / "columnar")
+    fill = {"file": str(a_file), "tmp": str(out), "root": str(ROOT), "unversioned": str(unversioned),
+            "columnar": str(columnar)}
     result = run_cli(*[arg.format(**fill) for arg in args], timeout=300)
     assert result.returncode == 1, result.stderr
     (line,) = result.stderr.strip().splitlines()
