@@ -2,8 +2,8 @@
 
 The FIL backend is in the stock container only. Here a FIL export (its config.pbtxt, its
 checkpoint.tl) is served by the real embedded Triton through a Python-backend model that computes
-with treelite's GTIL and answers in the shape the 24.10 FIL backend gives (`fil.response_shape`,
-read from fil_backend/rapids-triton r24.10: size-1 dims squeezed, so a regressor answers [N]; a
+with treelite's GTIL and answers in the shape the 24.10 FIL backend gives (written out in the model,
+as fil_backend/rapids-triton r24.10 shapes it: size-1 dims squeezed, so a regressor answers [N]; a
 classifier answers probabilities only, [N, n_classes]). It is a measuring instrument for the
 client, not a stand-in for production.
 """
@@ -33,25 +33,27 @@ import treelite
 import treelite.gtil
 import triton_python_backend_utils as pb_utils
 
-from rf_triton.export import fil
-from rf_triton.signature import FP32, Tensor
 
 
 class TritonPythonModel:
+    """Answers as rapids-triton r24.10 shapes FIL's output (squeeze_output): [-1, *dims] with every 1
+    removed, written out here rather than taken from the project, so the client is held to FIL's
+    layout and not to the project's own account of it."""
+
     def initialize(self, args):
         config = json.loads(args["model_config"])
         path = Path(args["model_repository"]) / args["model_version"] / "checkpoint.tl"
         self.model = treelite.Model.deserialize(str(path))
         (output,) = config["output"]
-        self.output = Tensor(output["name"], FP32, tuple(int(d) for d in output["dims"]))
+        self.name, self.dims = output["name"], [int(d) for d in output["dims"]]
 
     def execute(self, requests):
         responses = []
         for request in requests:
             rows = pb_utils.get_input_tensor_by_name(request, "input__0").as_numpy()
             values = np.asarray(treelite.gtil.predict(self.model, rows), dtype=np.float32)
-            shaped = values.reshape(fil.response_shape(self.output, len(rows)))
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(self.output.name, shaped)]))
+            shaped = values.reshape([len(rows)] + [d for d in self.dims if d != 1])
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(self.name, shaped)]))
         return responses
 '''
 
