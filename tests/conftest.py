@@ -236,7 +236,7 @@ def numeric_data(n: int = 1200, nan_fraction: float = 0.0, seed: int = KINDS_RNG
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    X = np.round(rng.normal(size=(n, KIND_FEATURES)), 2).astype(np.float32)
+    X = np.round(rng.normal(size=(n, KIND_FEATURES)), 2)  # float64, as a user's decimals are
     if nan_fraction:
         X_train = X.copy()
         X_train[rng.random(X.shape) < nan_fraction] = np.nan
@@ -285,11 +285,12 @@ def build_kinds() -> dict:
             ("forest", RandomForestClassifier(25, max_depth=8, random_state=0))]).fit(
                 frame, np.where(value > 60, "big", "small")),
         BATCHED_KIND: one_hot,  # no list of known categories: any string reaches the model
-        # Exported as FP32 and then given FP64 inputs (with_fp64_inputs): a double matrix, and double
-        # numeric columns beside a string one.
-        "forest_fp64": RandomForestRegressor(25, max_depth=8, random_state=0).fit(X, X[:, 0] * 10 + X[:, 1] ** 2),
+        # A step computes with the numbers before the forest: export declares the matrix FP64.
+        "forest_fp64": Pipeline([("scale", StandardScaler()), ("forest", RandomForestRegressor(
+            25, max_depth=8, random_state=0))]).fit(X, X[:, 0] * 10 + X[:, 1] ** 2),
         UNBATCHED_KIND: RandomForestRegressor(5, max_depth=4, random_state=0).fit(X, X[:, 0]),
-        "frame_fp64": Pipeline([
+        # Encoder and passthrough only: the columns stay FP32.
+        "frame_fp32": Pipeline([
             ("columns", ColumnTransformer([("city", OneHotEncoder(handle_unknown="ignore"), ["city"])],
                                           remainder="passthrough")),
             ("forest", RandomForestRegressor(25, max_depth=8, random_state=0))]).fit(frame, value),
@@ -360,8 +361,6 @@ def kinds(servers, tmp_path_factory):
         options = (ServingOptions(max_queue_delay_us=5_000_000, preferred_batch_sizes=(4,))
                    if name == BATCHED_KIND else ServingOptions())
         exports[name] = export_model(trained, repository, name=name, options=options)
-        if name.endswith("_fp64"):
-            with_fp64_inputs(repository / name)
         if name == UNBATCHED_KIND:
             without_batching(repository / name)
     with servers.serving(repository, watch_interval_s=None) as server:

@@ -230,7 +230,7 @@ def test_ctrl_c_of_rf_triton_loadtest_stops_locust(triton):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("model", ["forest_fp64", "frame_fp64", "frame_pipeline"])
+@pytest.mark.parametrize("model", ["forest_fp64", "frame_pipeline", "frame_fp32"])
 def test_users_send_each_input_in_its_datatype(kinds, tmp_path, model):
     """FP64 matrices, FP64 and BYTES columns, FP32 columns: every request answered, as the server counts."""
     server, _, _ = kinds

@@ -18,6 +18,7 @@ from sklearn.ensemble import ExtraTreesClassifier, ExtraTreesRegressor
 
 from rf_triton.client import InputError, RandomForestClient
 from rf_triton.export import sources
+from rf_triton.signature import numpy_dtype
 
 PROTOCOLS = ("http", "grpc")
 HELD_OUT_SEED = 99  # rows the models were not trained on
@@ -141,7 +142,7 @@ def test_classification_extension_returns_top_k_labels(kinds):
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_infinity_refused_by_client_and_server(kinds, protocol):
     server, _, _ = kinds
-    X = numeric_data(4, seed=HELD_OUT_SEED)[0]
+    X = numeric_data(4, seed=HELD_OUT_SEED)[0].astype(np.float32)
     X[2, 1] = np.inf
     with RandomForestClient(url(server, protocol), protocol=protocol, model="binary_nan") as client:
         with pytest.raises(InputError, match="row 2, column x1"):
@@ -158,7 +159,8 @@ def test_metadata_records_task_classes_and_outputs(kinds):
     assert binary["task"] == "classification" and binary["classes"] == [0, 1]
     assert [o["name"] for o in binary["outputs"]] == ["label", "probabilities"]
     assert exports["two_outputs_nan"].metadata["outputs"][0]["dims"] == [2]
-    assert [i["datatype"] for i in exports["frame_pipeline"].metadata["inputs"]] == ["BYTES", "FP32", "FP32"]
+    assert [i["datatype"] for i in exports["frame_pipeline"].metadata["inputs"]] == ["BYTES", "FP64", "FP64"]
+    assert [i["datatype"] for i in exports["frame_fp32"].metadata["inputs"]] == ["BYTES", "FP32", "FP32"]
     assert (exports["multiclass_str"].version_dir.parent / "labels.txt").read_text() == "high\nlow\nmid\n"
 
 
@@ -251,19 +253,20 @@ def test_fp64_columns_take_values_beyond_the_fp32_range_and_fp32_columns_refuse_
 
     server, models, exports = kinds
     frame = frame_data(50, seed=HELD_OUT_SEED)
-    with RandomForestClient(url(server, protocol), protocol=protocol, model="frame_fp64") as client:
+    with RandomForestClient(url(server, protocol), protocol=protocol, model="frame_pipeline") as client:
         assert [(t.name, t.datatype) for t in client.signature.inputs] == [
             ("city", "BYTES"), ("size", "FP64"), ("age", "FP64")]
-        np.testing.assert_allclose(client.predict(frame), models["frame_fp64"].predict(frame), rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(client.predict(frame), models["frame_pipeline"].predict(frame), rtol=1e-5, atol=1e-4)
         frame.loc[3, "size"] = 1e39
         tensors = client.prepare(frame)
         assert tensors["size"].dtype == np.float64 and tensors["size"][3, 0] == 1e39
         predicted = client.predict(frame)
-    session = ort.InferenceSession(str(exports["frame_fp64"].version_dir / "model.onnx"))
+    session = ort.InferenceSession(str(exports["frame_pipeline"].version_dir / "model.onnx"))
     (expected,) = session.run(None, {name: tensor if tensor.dtype != object else tensor.astype(str).astype(object)
                                      for name, tensor in tensors.items()})
     np.testing.assert_array_equal(predicted, expected.reshape(-1))
-    with RandomForestClient(url(server, protocol), protocol=protocol, model="frame_pipeline") as client:
+    with RandomForestClient(url(server, protocol), protocol=protocol, model="frame_fp32") as client:
+        assert [t.datatype for t in client.signature.inputs] == ["BYTES", "FP32", "FP32"]
         with pytest.raises(InputError, match="beyond the FP32 range"):
             client.predict(frame)
 
@@ -284,16 +287,19 @@ def test_a_string_that_is_not_utf8_fails_only_its_own_request_of_a_batch(kinds):
 
     server, models, _ = kinds
     frame = frame_data(4, seed=HELD_OUT_SEED)
+    with RandomForestClient(server.endpoints.http, model=BATCHED_KIND) as described:
+        datatypes = {t.name: t.datatype for t in described.signature.inputs}
     before = server.model_stats(BATCHED_KIND)
 
     def send(row: int):
         client = httpclient.InferenceServerClient(server.endpoints.http, network_timeout=60)
         city = b"\xff\xfe" if row == 2 else frame["city"][row].encode()
-        inputs = [httpclient.InferInput("city", [1, 1], "BYTES"), httpclient.InferInput("size", [1, 1], "FP32"),
-                  httpclient.InferInput("age", [1, 1], "FP32")]
-        inputs[0].set_data_from_numpy(np.array([[city]], dtype=object), binary_data=True)
-        inputs[1].set_data_from_numpy(np.array([[frame["size"][row]]], dtype=np.float32), binary_data=True)
-        inputs[2].set_data_from_numpy(np.array([[frame["age"][row]]], dtype=np.float32), binary_data=True)
+        values = {"city": np.array([[city]], dtype=object)}
+        values.update({name: np.array([[frame[name][row]]], dtype=numpy_dtype(datatypes[name])) for name in ("size", "age")})
+        inputs = []
+        for name, array in values.items():
+            inputs.append(httpclient.InferInput(name, [1, 1], datatypes[name]))
+            inputs[-1].set_data_from_numpy(array, binary_data=True)
         try:
             return float(client.infer(BATCHED_KIND, inputs).as_numpy("variable").reshape(-1)[0])
         except InferenceServerException as exc:
