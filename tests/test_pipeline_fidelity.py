@@ -266,10 +266,8 @@ def served_cases():
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(servers, tmp_path_factory):
     """Each pipeline fitted on 70% of its rows, pickled, exported as a user would, served by one server."""
-    from conftest import start_server
-
     folder = tmp_path_factory.mktemp("fidelity")
     repository = folder / "model_repository"
     cases = {}
@@ -280,11 +278,8 @@ def served(tmp_path_factory):
         path.write_bytes(pickle.dumps(estimator))
         pipeline.export_model(sources.load_pickled(path), repository, name=name)
         cases[name] = (estimator, X)
-    server = start_server(repository)
-    try:
+    with servers.serving(repository) as server:
         yield server, cases
-    finally:
-        server.stop()
 
 
 @pytest.mark.integration
