@@ -31,16 +31,16 @@ def check_inputs(repository: Path, model: str, positive: dict[str, float], non_n
     if not model_dir.is_dir():
         raise fail(f"model {model!r} not found in {repository} (give the repository with --repository, "
                    "the model with --model)")
+    for options, smallest, wanted in ((positive, 0, "positive"), (non_negative, -1, "0 or more")):
+        for option, value in options.items():
+            if value <= smallest:
+                raise fail(f"--{option.replace('_', '-')} must be {wanted}, not {value:g}")
     if not bench_module.versions(model_dir):
         raise fail(f"model {model!r} in {repository} has no version folder (1/, 2/, ...): export one first")
     try:
         configs.matrix_input(read_config(model_dir / CONFIG_FILENAME))
     except (ExportError, OSError, ValueError) as exc:
         raise fail(first_line(exc)) from None
-    for options, smallest, wanted in ((positive, 0, "positive"), (non_negative, -1, "0 or more")):
-        for option, value in options.items():
-            if value <= smallest:
-                raise fail(f"--{option.replace('_', '-')} must be {wanted}, not {value:g}")
 
 
 def check_output_folder(out: Path) -> None:

@@ -114,7 +114,9 @@ def test_a_run_that_completes_no_request_fails_with_the_reason(tmp_path):
         "--metrics-url", f"http://127.0.0.1:{metrics}/metrics", "--protocol", "grpc", "--users", "2",
         "--spawn-rate", "2", "--run-time", "2s", "--summary-json", str(tmp_path / "summary.json")])
     assert result.exit_code == 1, result.output
-    assert "error: no request completed in 2s" in result.output
+    # the users either give up on the server within Locust's stop timeout or are stopped first
+    assert ("error: no request completed in 2s" in result.output
+            or "error: users could not start (gRPC: " in result.output), result.output
     assert not (tmp_path / "summary.json").exists()
 
 
