@@ -39,7 +39,7 @@ def check_inputs(repository: Path, model: str, positive: dict[str, float], non_n
         raise fail(f"model {model!r} in {repository} has no version folder (1/, 2/, ...): export one first")
     try:
         configs.matrix_input(read_config(model_dir / CONFIG_FILENAME))
-    except (ExportError, OSError, ValueError) as exc:
+    except (ExportError, RepositoryError, OSError, ValueError) as exc:
         raise fail(first_line(exc)) from None
 
 

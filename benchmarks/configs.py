@@ -56,7 +56,7 @@ def describe(config: mc.ModelConfig) -> str:
 def matrix_input(config: mc.ModelConfig):
     """The one feature-matrix input the load generators send (its Tensor: name, datatype, dims), read
     from the model's signature; ValueError in one line for a model that takes one input per column."""
-    graph = graph_of(config)
+    graph = signature_of(config)
     if graph.columnar:
         raise ValueError(f"model {config.name!r} takes one input per column "
                          f"({', '.join(t.name for t in graph.inputs)}); the benchmarks send one feature matrix: "

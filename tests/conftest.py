@@ -289,6 +289,12 @@ def build_kinds() -> dict:
         "forest_fp64": Pipeline([("scale", StandardScaler()), ("forest", RandomForestRegressor(
             25, max_depth=8, random_state=0))]).fit(X, X[:, 0] * 10 + X[:, 1] ** 2),
         UNBATCHED_KIND: RandomForestRegressor(5, max_depth=4, random_state=0).fit(X, X[:, 0]),
+        # A classifier with scaled columns (FP64) beside a string one: what examples/curl_columns.sh sends.
+        "customers_fp64": Pipeline([
+            ("columns", ColumnTransformer([("city", OneHotEncoder(handle_unknown="ignore"), ["city"]),
+                                           ("size", StandardScaler(), ["size"])], remainder="passthrough")),
+            ("forest", RandomForestClassifier(25, max_depth=8, random_state=0))]).fit(
+                frame, np.where(value > 60, "big", "small")),
         # Encoder and passthrough only: the columns stay FP32.
         "frame_fp32": Pipeline([
             ("columns", ColumnTransformer([("city", OneHotEncoder(handle_unknown="ignore"), ["city"])],
@@ -297,52 +303,23 @@ def build_kinds() -> dict:
     }
 
 
-def with_fp64_inputs(model_dir: Path) -> None:
-    """Give an exported model FP64 inputs where it has FP32 ones: each version's graph casts the double
-    input to float first (what sklearn's forest does with its input), and config.pbtxt declares
-    TYPE_FP64, written through Triton's protobuf."""
-    import onnx
-    from onnx import TensorProto, helper
-    from tritonclient.grpc import model_config_pb2 as mc
-
-    from rf_triton.export import triton_config
-
-    for onnx_path in model_dir.glob("[0-9]*/model.onnx"):
-        model = onnx.load(onnx_path)
-        casts = []
-        for graph_input in model.graph.input:
-            if graph_input.type.tensor_type.elem_type != TensorProto.FLOAT:
-                continue
-            name, as_float = graph_input.name, f"{graph_input.name}_as_float"
-            for node in model.graph.node:
-                node.input[:] = [as_float if i == name else i for i in node.input]
-            graph_input.type.tensor_type.elem_type = TensorProto.DOUBLE
-            casts.append(helper.make_node("Cast", [name], [as_float], to=TensorProto.FLOAT, name=f"{name}_cast"))
-        nodes = casts + list(model.graph.node)
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-        onnx.checker.check_model(model)
-        onnx.save(model, onnx_path)
-    config_path = model_dir / triton_config.CONFIG_FILENAME
-    config = triton_config.read_config(config_path)
-    for tensor in [*config.input, *(t for w in config.model_warmup for t in w.inputs.values())]:
-        if tensor.data_type == mc.TYPE_FP32:
-            tensor.data_type = mc.TYPE_FP64
-    triton_config.write_config(config_path, config)
-
-
 def without_batching(model_dir: Path) -> None:
     """A model Triton serves without batching (max_batch_size 0), which RandomForestClient refuses."""
-    from rf_triton.export import triton_config
+    from dataclasses import replace
 
-    config_path = model_dir / triton_config.CONFIG_FILENAME
-    config = triton_config.read_config(config_path)
+    from rf_triton import repository
+
+    config_path = model_dir / repository.CONFIG_FILENAME
+    config = repository.read_config(config_path)
     config.max_batch_size = 0
     config.ClearField("dynamic_batching")
     config.ClearField("model_warmup")
     for tensor in [*config.input, *config.output]:
         tensor.dims[:] = [-1, *tensor.dims]
-    triton_config.write_config(config_path, config)
+    graph = repository.signature_of(config)
+    unbatched = [replace(t, dims=(-1, *t.dims)) for t in graph.inputs], [replace(t, dims=(-1, *t.dims)) for t in graph.outputs]
+    repository.set_signature(config, replace(graph, inputs=tuple(unbatched[0]), outputs=tuple(unbatched[1])))
+    repository.write_config(config_path, config)
 
 
 @pytest.fixture(scope="session")

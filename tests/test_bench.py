@@ -161,7 +161,7 @@ def test_bench_refuses_to_measure_nothing(tmp_path):
 def test_load_generators_send_an_fp64_matrix_as_doubles(kinds, generator):
     """The datatype goes with the rows: an FP64 input gets 8-byte values, and the server answers them all."""
     from rf_triton.benchmarks import configs
-    from rf_triton.export.triton_config import CONFIG_FILENAME, read_config
+    from rf_triton.repository import CONFIG_FILENAME, read_config
 
     if generator == "wrk" and loadgen.wrk_path() is None:
         pytest.skip("wrk not installed (the bench falls back to tritonclient.http.aio)")

@@ -165,17 +165,19 @@ def test_serve_says_why_a_host_cannot_be_served_instead_of_a_busy_port(host, mes
 
 def columnar_repository(repository: Path) -> Path:
     """A model with one input per column (a string and a number), its config written through protobuf."""
-    import json
+    from dataclasses import replace
 
     from tritonclient.grpc import model_config_pb2 as mc
 
-    from rf_triton.export.triton_config import CONFIG_FILENAME, read_config, write_config
+    from rf_triton.repository import CONFIG_FILENAME, read_config, set_signature, signature_of, write_config
+    from rf_triton.signature import Tensor
 
     config = read_config(ROOT / "model_repository" / "random_forest" / CONFIG_FILENAME)
     del config.input[:]
     config.input.add(name="city", data_type=mc.TYPE_STRING, dims=[1])
     config.input.add(name="size", data_type=mc.TYPE_FP64, dims=[1])
-    config.parameters["feature_names"].string_value = json.dumps(["city", "size"])
+    inputs = (Tensor("city", "BYTES", (1,)), Tensor("size", "FP64", (1,)))
+    set_signature(config, replace(signature_of(config), inputs=inputs, feature_names=("city", "size")))
     (repository / "random_forest" / "1").mkdir(parents=True)
     write_config(repository / "random_forest" / CONFIG_FILENAME, config)
     return repository

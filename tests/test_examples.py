@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import with_fp64_inputs
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TIMEOUT_S = 120
@@ -119,8 +118,6 @@ def customers(servers, tmp_path_factory):
     trained = sources.train_from_csv(EXAMPLES / "customers.csv", "segment", n_estimators=20, max_depth=8)
     repository = tmp_path_factory.mktemp("customers") / "model_repository"
     export_model(trained, repository, name="customers")
-    export_model(trained, repository, name="customers_fp64")
-    with_fp64_inputs(repository / "customers_fp64")  # its numeric columns as FP64
     rows = pd.DataFrame({"city": ["paris", "brest"], "size": [120.5, 40.0], "age": [35.0, np.nan]})
     with servers.serving(repository, watch_interval_s=None) as server:
         yield server, trained.estimator, rows
@@ -128,8 +125,14 @@ def customers(servers, tmp_path_factory):
 
 @pytest.mark.integration
 @pytest.mark.parametrize("model", ["customers", "customers_fp64"])
-def test_curl_columns_labels_and_top_classes(customers, model):
-    server, estimator, rows = customers
+def test_curl_columns_labels_and_top_classes(request, model):
+    """customers: FP32 columns (encoder and passthrough only); customers_fp64: a scaled column, FP64 inputs."""
+    if model == "customers":
+        server, estimator, rows = request.getfixturevalue("customers")
+    else:
+        server, models, _ = request.getfixturevalue("kinds")
+        estimator = models[model]
+        rows = request.getfixturevalue("customers")[2]
     result = run("bash", str(EXAMPLES / "curl_columns.sh"), server.endpoints.http, env={"RF_TRITON_MODEL": model})
     (labels,) = [line.split(":", 1)[1].split() for line in result.stdout.splitlines() if line.startswith("labels:")]
     assert labels == list(estimator.predict(rows))
