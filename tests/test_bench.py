@@ -168,7 +168,8 @@ def test_load_generators_send_an_fp64_matrix_as_doubles(kinds, generator):
     server, _, exports = kinds
     features = configs.matrix_input(read_config(exports["forest_fp64"].version_dir.parent / CONFIG_FILENAME))
     assert (features.name, features.datatype, features.dims) == ("X", "FP64", (5,))
-    target = loadgen.Target(server.endpoints.http, server.endpoints.grpc, "forest_fp64", features.name, "variable")
+    target = loadgen.Target(server.endpoints.http, server.endpoints.grpc, "forest_fp64", features.name, "variable",
+                            features.datatype)
     rows = np.random.default_rng(0).standard_normal((3, 5))  # float64
     run = {"wrk": loadgen.run_wrk, "tritonclient.http.aio": loadgen.run_http_aio, "grpc.aio": loadgen.run_grpc}[generator]
     result = run(target, rows, 2, 1.0, warmup_s=0.2)
