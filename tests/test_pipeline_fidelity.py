@@ -249,6 +249,9 @@ def served_cases():
     nan_X = X.copy()
     nan_X[np.random.default_rng(3).random(X.shape) < 0.1] = np.nan
     classes = fidelity._classes(y)
+    from sklearn.datasets import load_iris
+
+    iris = load_iris(as_frame=True)
     cities = pd.DataFrame({"city": np.random.default_rng(4).choice(["lyon", "nice"], len(X)).astype(object),
                            "age": X[:, 1], "rating": X[:, 2]})
     return {
@@ -262,6 +265,9 @@ def served_cases():
         "strings_and_scaler": (Pipeline([("prep", ColumnTransformer([("c", OneHotEncoder(), ["city"]),
                                                                      ("n", StandardScaler(), ["age", "rating"])])),
                                          ("forest", RandomForestRegressor(20, random_state=0))]), cities, y),
+        "iris_named_columns": (Pipeline([("prep", ColumnTransformer(  # names with spaces and parentheses
+            [("s", StandardScaler(), ["sepal length (cm)", "sepal width (cm)"])], remainder="passthrough")),
+            ("forest", RandomForestClassifier(20, random_state=0))]), iris.data, iris.target.to_numpy()),
     }
 
 
