@@ -120,7 +120,7 @@ def test_each_extra_declares_the_distributions_of_the_modules_it_is_checked_for(
 
 def test_the_base_holds_the_client_only():
     base = {requirement_name(r) for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
-    assert base == {"numpy", "tritonclient", "geventhttpclient", "protobuf"}
+    assert base == {"numpy", "tritonclient", "geventhttpclient", "protobuf", "tenacity"}  # tenacity: the client's retries
 
 
 def test_python_started_in_the_checkout_finds_no_rf_triton_folder_to_shadow_the_installed_one():

@@ -371,6 +371,7 @@ def test_soak_at_70_percent_of_capacity(own_repository, server_factory, demo_mod
     assert max(growth.values()) < 0.05, growth
 
 
+@pytest.mark.integration
 def test_one_broken_model_fails_alone_and_the_others_keep_loading(demo_repository, tmp_path, server_factory,
                                                                  demo_model):
     """As the stock container in explicit mode: `models load good` works while `broken` cannot be served,
