@@ -68,4 +68,21 @@ def main() -> None:
     if missing_modules("cli"):
         sys.stderr.write(f"error: the rf-triton command needs the cli extra: {install_hint('cli')}\n")
         raise SystemExit(1)
-    build_app()()
+    import typer
+    from typer.exceptions import TyperException
+
+    command = typer.main.get_command(build_app())
+    try:
+        code = command.main(standalone_mode=False)
+    except typer.Abort:
+        sys.stderr.write("error: interrupted\n")
+        raise SystemExit(130) from None
+    except TyperException as exc:  # a bad option value, an unknown option: one line, as every other refusal
+        if type(exc).__name__ == "NoArgsIsHelpError" or not hasattr(exc, "format_message"):
+            exc.show()  # no arguments at all: the help, as the plain entry point shows it
+            raise SystemExit(getattr(exc, "exit_code", 2)) from None
+        context = getattr(exc, "ctx", None)
+        where = f"{context.command_path}: " if context is not None else ""
+        sys.stderr.write(f"error: {where}{exc.format_message()}\n")
+        raise SystemExit(getattr(exc, "exit_code", 2)) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
