@@ -146,7 +146,7 @@ def test_predict_unreachable_server_gives_up_after_its_timeout():
 def test_serve_refuses_a_port_outside_the_range_before_starting(port):
     result = run_cli("serve", "--http-port", port, timeout=60)
     assert result.returncode == 2 and "Invalid value for '--http-port'" in result.stderr, result.stderr
-    assert result.stderr.startswith("error: rf-triton serve: ") and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: ") and " serve: " in result.stderr and result.stderr.count("\n") == 1, result.stderr
 
 
 @pytest.mark.parametrize("host, message", [
