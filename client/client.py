@@ -251,11 +251,18 @@ class RandomForestClient:
             raise ServerUnavailableError(f"{method} for model {self.model!r} at {self.url}: {exc}") from None
 
     def _call_with_retry(self, method: str, *args, **kwargs):
-        """`_call` under the retry policy. gRPC's channel already resends UNAVAILABLE calls
-        (its service config), so over gRPC this loop only adds the retries that `patience_s` allows."""
+        """`_call` under the retry policy. gRPC's channel already resends UNAVAILABLE calls (its
+        service config, at most GRPC_MAX_ATTEMPTS times), so over gRPC this loop only adds the rounds
+        a longer policy or `patience_s` asks for."""
         policy = self.retry
-        if self.protocol == "grpc" and policy.patience_s is None:
-            return self._call(method, *args, **kwargs)
+        stop = policy.stop()
+        if self.protocol == "grpc":  # each call is up to GRPC_MAX_ATTEMPTS attempts of the channel's own
+            rounds = -(-policy.attempts // GRPC_MAX_ATTEMPTS)
+            if rounds <= 1 and policy.patience_s is None:
+                return self._call(method, *args, **kwargs)
+            stop = tenacity.stop_after_attempt(rounds)
+            if policy.patience_s is not None:
+                stop = stop | tenacity.stop_after_delay(policy.patience_s)
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             self.retries += 1
@@ -263,7 +270,7 @@ class RandomForestClient:
                 self._client.close()
                 self._client = self._new_client()
 
-        retrying = tenacity.Retrying(stop=policy.stop(), wait=policy.wait(), reraise=True, before_sleep=before_sleep,
+        retrying = tenacity.Retrying(stop=stop, wait=policy.wait(), reraise=True, before_sleep=before_sleep,
                                      retry=tenacity.retry_if_exception_type((ServerBusyError, ServerUnavailableError)))
         return retrying(self._call, method, *args, **kwargs)
 
