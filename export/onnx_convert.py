@@ -159,8 +159,9 @@ def tie_margin(n_trees: int) -> float:
     sklearn predicts the first of the classes whose mean probability is highest. ONNX Runtime sums
     the leaf weights in float32: each of the n_trees additions rounds by at most 2^-24 (the sum stays
     at or below 1), each weight once more, for each of two classes. Classes within this margin of the
-    best are taken as tied and the first one wins, as in sklearn; two classes sklearn does not tie
-    are further apart than this on every forest measured (the closest: 1.7e-4, tests/test_labels.py).
+    best are taken as tied and the first one wins, as sklearn's argmax picks on a tie; two classes
+    sklearn does not tie are more than two margins apart on every forest tests/test_pipeline_fidelity.py
+    measures.
     """
     return 2.0 * (n_trees + 1) * 2.0 ** -24
 
@@ -189,7 +190,7 @@ def _label_from_probabilities(graph, classes, margin: float, opset: int) -> None
     graph.node.append(helper.make_node("Not", [below], [near], name=near))
     graph.node.append(helper.make_node("Cast", [near], [near_float], to=onnx.TensorProto.FLOAT, name=near_float))
     graph.node.append(helper.make_node("ArgMax", [near_float], [index], axis=1, keepdims=1, name=index))  # first max
-    if np.asarray(classes).dtype.kind in "OU" or any(isinstance(c, str) for c in classes):
+    if np.asarray(classes).dtype.kind in "OU":  # string classes (integers otherwise: _check_servable)
         table = constant(f"{LABEL_OUTPUT}_classes", onnx.TensorProto.STRING, [len(classes)],
                          [str(c).encode() for c in classes])
     else:
