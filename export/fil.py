@@ -174,18 +174,23 @@ def response_shape(output: Tensor, rows: int) -> tuple[int, ...]:
     return (rows, *(d for d in output.dims if d != 1))
 
 
-def config_parameters(found: Signature, names: releases.FilParameters = releases.DEFAULT.fil_parameters
-                      ) -> dict[str, str]:
-    """FIL backend parameters besides model_type, under the target release's `names`
+def config_parameters(found: Signature, release: releases.Release = releases.DEFAULT) -> dict[str, str]:
+    """FIL backend parameters besides model_type, under the target release's names
     (fil_backend src/shared_state.h: output_class up to 25.08, is_classifier from 25.09).
 
     The classifier flag has no default; `threshold` is read whenever it is true (unused with
     predict_proba, but its absence fails the load); `predict_proba` makes output__0 the class
     probabilities instead of the index of the best class.
     """
+    names = release.fil_parameters
     if found.is_classifier:
         return {names.is_classifier: "true", "threshold": "0.5", "predict_proba": "true"}
     return {names.is_classifier: "false"}
+
+
+def stale_parameters(release: releases.Release) -> tuple[str, ...]:
+    """Parameter names `release` does not read (the other generation's), removed from a kept config."""
+    return release.fil_parameters.removed
 
 
 def predict(checkpoint: bytes, rows, classes=()) -> Prediction:

@@ -341,9 +341,14 @@ def _trees_alone(model) -> bytes | None:
     return alone.SerializeToString()
 
 
-def config_parameters(found: Signature) -> dict[str, str]:
+def config_parameters(found: Signature, release: releases.Release = releases.DEFAULT) -> dict[str, str]:
     """onnxruntime-backend parameters that depend on the model (none: threads come from ServingOptions)."""
     return {}
+
+
+def stale_parameters(release: releases.Release) -> tuple[str, ...]:
+    """Parameter names the release does not read (none: the onnxruntime backend's names have not moved)."""
+    return ()
 
 
 def tool_versions() -> dict[str, str]:

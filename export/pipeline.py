@@ -31,7 +31,8 @@ DEFAULT_FORMAT = "onnx"
 @dataclass(frozen=True)
 class ExportFormat:
     """One way to serve the forest: a converter module (convert, signature, predict, check_parity,
-    config_parameters, tool_versions) and the Triton backend that reads what it writes."""
+    config_parameters and stale_parameters per release, tool_versions) and the Triton backend that
+    reads what it writes."""
 
     converter: ModuleType
     backend: triton_config.Backend
@@ -95,9 +96,7 @@ def export_model(trained: sources.TrainedModel, repository_path: Path, *, name: 
         raise ExportError(f"parity check failed: {report.failure()}; nothing written")
 
     metadata = {**_metadata(trained, report, graph, model_format, fmt), **release_metadata(release)}
-    is_fil = fmt.converter is fil
-    converter_parameters = (fil.config_parameters(graph, release.fil_parameters) if is_fil
-                            else fmt.converter.config_parameters(graph))
+    converter_parameters = fmt.converter.config_parameters(graph, release)
 
     def make_config(existing):
         chosen = options
@@ -107,7 +106,7 @@ def export_model(trained: sources.TrainedModel, repository_path: Path, *, name: 
             if console:
                 console.print(f"{metadata['n_nodes']:,} nodes: ONNX Runtime gets every core (--intra-op-threads 0)")
         return triton_config.build_config(name, graph, chosen, converter_parameters, existing, fmt.backend,
-                                          release.fil_parameters.removed if is_fil else ())
+                                          fmt.converter.stale_parameters(release))
 
     version_files = {fmt.backend.model_filename: model_bytes,
                      repository.METADATA_FILENAME: (json.dumps(metadata, indent=2) + "\n").encode()}

@@ -110,7 +110,7 @@ def test_fil_parameters_follow_the_release_and_a_reexport_drops_the_other_names(
     parameters = read_config(repo / "random_forest" / "config.pbtxt").parameters
     assert parameters["is_classifier"].string_value == "true" and "output_class" not in parameters
     assert result.metadata["triton_release"] == "26.08"
-    assert fil.config_parameters(fil.signature(fil.convert(trained), trained), releases.get("25.08").fil_parameters) \
+    assert fil.config_parameters(fil.signature(fil.convert(trained), trained), releases.get("25.08")) \
         == {"output_class": "true", "threshold": "0.5", "predict_proba": "true"}
 
 
