@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .steps import is_passthrough, last_step
+
 DECIMALS = (0, 1, 2, 3, 4)
 MAX_VALUES_PER_COLUMN = 600  # candidate values kept per column (grid data has far fewer)
 MIXED_ROWS = 3000  # rows drawing every column from its candidates at once
@@ -83,8 +85,6 @@ def map_back(steps: list, values: list[np.ndarray], unmapped: list[str]) -> list
     from sklearn.feature_selection import SelectorMixin
     from sklearn.impute import SimpleImputer
     from sklearn.preprocessing import KBinsDiscretizer
-
-    from .steps import is_passthrough
 
     for step in reversed(steps):
         if is_passthrough(step):
@@ -211,7 +211,7 @@ def _probe_columns(estimator, steps, forest_values, feature_names, string_column
         if transformer == "drop" or not names or name not in columns_step.output_indices_:
             continue
         out = columns_step.output_indices_[name]
-        encoder = transformer.steps[-1][1] if isinstance(transformer, Pipeline) else transformer
+        encoder = last_step(transformer)
         categories = getattr(encoder, "categories_", None)
         if categories is not None:
             for column, values in zip(names, categories):

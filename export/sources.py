@@ -14,6 +14,7 @@ import numpy as np
 
 from ..signature import CLASSIFICATION, REGRESSION
 from . import probes
+from .steps import last_step
 from .errors import ExportError, first_line
 
 DEMO_N_FEATURES = 5
@@ -301,7 +302,7 @@ def closed_categories(estimator, feature_names: list[str]) -> dict[str, list[str
         return {}
     closed: dict[str, list[str]] = {}
     for _, transformer, columns in estimator.steps[0][1].transformers_:
-        encoder = transformer.steps[-1][1] if isinstance(transformer, Pipeline) else transformer
+        encoder = last_step(transformer)
         categories = getattr(encoder, "categories_", None)
         if categories is None or getattr(encoder, "handle_unknown", "error") != "error":
             continue
@@ -324,7 +325,7 @@ def string_columns(estimator, feature_names: list[str]) -> tuple[str, ...]:
         return ()
     found: list[str] = []
     for _, transformer, columns in estimator.steps[0][1].transformers_:
-        encoder = transformer.steps[-1][1] if isinstance(transformer, Pipeline) else transformer
+        encoder = last_step(transformer)
         categories = getattr(encoder, "categories_", None)
         if categories is None or not any(np.asarray(c).dtype.kind in "OU" for c in categories):
             continue

@@ -77,10 +77,11 @@ def numeric_datatype(estimator, string_columns: tuple[str, ...] = (), feature_na
 
 
 def _only_encodes_strings(transformer, strings_only: bool) -> bool:
-    return strings_only and isinstance(_last(transformer), encoders())
+    return strings_only and isinstance(last_step(transformer), encoders())
 
 
-def _last(transformer):
+def last_step(transformer):
+    """A ColumnTransformer's transformer itself, or the last step of a Pipeline given as one."""
     from sklearn.pipeline import Pipeline
 
     return transformer.steps[-1][1] if isinstance(transformer, Pipeline) else transformer
